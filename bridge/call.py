@@ -1,0 +1,545 @@
+"""One live call: the Twilio Media Stream and its Realtime session, piped both ways.
+
+Structured concurrency: one TaskGroup per call holds the two pumps (`caller_to_model`,
+`model_to_caller`), a deadline, and any text-to-speech fallback. A pump ends the call by raising
+`CallEnded(reason)`; the group cancels the rest, and `run()` closes both sockets and finalises the
+record in `finally`. Barge-in is a message (clear, truncate, cancel), not a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from bridge import audio, realtime, twilio
+from bridge.bargein import Playback
+from bridge.errors import ProtocolViolation, UpstreamRejected, UpstreamUnavailable
+from bridge.logs import call_sid_var, mask_number
+from bridge.profiles import Profile
+from bridge.record import CallEvent, CallRecord, EndReason, Recorder, Turn
+from bridge.settings import AudioMode, Settings
+from bridge.speech_guarantee import Recovery, SpeechGuarantee
+from bridge.tts import SpeechClient
+from bridge.upstream import open_session
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
+SEND_TIMEOUT = 5.0  # a peer that cannot take a frame for this long is gone
+FINALISE_TIMEOUT = 2.0
+MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
+TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # one second of fallback speech per media message
+
+# Twilio closes the call's <Connect> when we close the socket; the code tells our logs why.
+CLOSE_CODES = {
+    EndReason.CALLER_HANGUP: 1000,
+    EndReason.MAX_DURATION: 1000,
+    EndReason.SERVER_SHUTDOWN: 1001,
+    EndReason.PROTOCOL_ERROR: 1008,
+}
+
+
+class CallEnded(Exception):
+    """Raised inside the call's task group to end the call for `reason`."""
+
+    def __init__(self, reason: EndReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallServices:
+    """What the application lends each call."""
+
+    settings: Settings
+    profile_for: Callable[[twilio.Start], Profile]
+    recorder: Recorder
+    speech: SpeechClient
+
+
+class Call:
+    """Bridges one Media Stream socket (already accepted) to one Realtime session."""
+
+    def __init__(self, websocket: WebSocket, services: CallServices) -> None:
+        self._ws = websocket
+        self._services = services
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self.record = CallRecord(call_sid="", stream_sid="")
+        self._upstream: ClientConnection | None = None
+        self._writer: twilio.StreamWriter | None = None
+        self._profile: Profile | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        # audio state
+        self._to_model = audio.CallerToModel()
+        self._to_caller = audio.ModelToCaller()
+        self._framer = audio.Framer()
+        self._playback = Playback(lead_ms=self._to_caller.delay_ms)
+        self._passthrough = False
+        # response state
+        self._response_active = False
+        self._response_id: str | None = None
+        self._current_item: str | None = None
+        self._audio_seen: set[str] = set()
+        self._dropped_items: set[str] = set()
+        self._dropped_responses: set[str] = set()
+        self._queued_creates: list[dict[str, Any]] = []
+        self._recent_creates: dict[str, dict[str, Any]] = {}
+        self._guarantee = SpeechGuarantee()
+        self._turns: dict[str, Turn] = {}
+        self._event_ids = itertools.count(1)
+        self._tts_ids = itertools.count(1)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        """Serve the call to its end; never raises except CancelledError."""
+        reason, detail = EndReason.INTERNAL_ERROR, ""
+        started = False
+        try:
+            start = await self._await_start()
+            self._begin(start)
+            started = True
+            profile = self._profile
+            assert profile is not None
+            async with open_session(self._services.settings, profile.model) as upstream:
+                self._upstream = upstream
+                await self._send_model(realtime.session_update(profile))
+                if profile.greeting:
+                    await self._request_response(
+                        realtime.say_exactly(profile.instructions, profile.greeting)
+                    )
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    tg.create_task(self._caller_to_model(), name="caller_to_model")
+                    tg.create_task(self._model_to_caller(), name="model_to_caller")
+                    tg.create_task(self._deadline(profile.max_call_seconds), name="deadline")
+        except* CallEnded as group:
+            ended = group.exceptions[0]
+            assert isinstance(ended, CallEnded)
+            reason, detail = ended.reason, ended.detail
+        except* UpstreamRejected as group:
+            reason, detail = EndReason.UPSTREAM_REJECTED, str(group.exceptions[0])
+        except* UpstreamUnavailable as group:
+            reason, detail = EndReason.UPSTREAM_UNAVAILABLE, str(group.exceptions[0])
+        except* Exception as group:
+            # The one log-and-contain boundary of a call: a bug here must not take others down.
+            logger.error("call failed", exc_info=group.exceptions[0])
+            reason, detail = EndReason.INTERNAL_ERROR, repr(group.exceptions[0])
+        finally:
+            await self._finish(reason, detail, started)
+        return self.record
+
+    async def _await_start(self) -> twilio.Start:
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while True:
+                    text = await self._receive_text()
+                    if text is None:
+                        continue
+                    try:
+                        message = twilio.parse_message(text)
+                    except ProtocolViolation as exc:
+                        self._protocol_error(exc.detail)
+                        continue
+                    if isinstance(message, twilio.Start):
+                        return message
+                    if not isinstance(message, twilio.Connected):
+                        self._protocol_error(f"{type(message).__name__.lower()} before start")
+        except TimeoutError:
+            raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
+
+    def _begin(self, start: twilio.Start) -> None:
+        profile = self._services.profile_for(start)
+        self._profile = profile
+        self._passthrough = profile.audio_mode is AudioMode.PCMU
+        if self._passthrough:
+            self._playback = Playback(lead_ms=0.0)
+        self._writer = twilio.StreamWriter(start.stream_sid)
+        params = start.custom_parameters
+        record = self.record
+        record.call_sid = start.call_sid
+        record.stream_sid = start.stream_sid
+        record.from_number = params.get("From", "")
+        record.to_number = params.get("To", "")
+        record.profile, record.model, record.voice = profile.name, profile.model, profile.voice
+        call_sid_var.set(start.call_sid)
+        self._services.recorder.call_started(record)
+        logger.info(
+            "call started from %s to %s profile=%s audio=%s",
+            mask_number(record.from_number),
+            mask_number(record.to_number),
+            profile.name,
+            profile.audio_mode,
+        )
+
+    async def _finish(self, reason: EndReason, detail: str, started: bool) -> None:
+        record = self.record
+        record.ended_at = self._wall_now()
+        record.end_reason = reason
+        record.end_detail = detail
+        for turn in self._turns.values():
+            if turn.ended_at is None:
+                turn.ended_at = self._now()
+        try:
+            async with asyncio.timeout(FINALISE_TIMEOUT):
+                await self._close_caller(reason, detail)
+        except TimeoutError:
+            logger.warning("closing the Twilio socket timed out")
+        if started:
+            self._services.recorder.call_ended(record)
+        logger.info(
+            "call ended reason=%s duration=%.1fs frames_in=%d frames_out=%d barge_ins=%d "
+            "text_only_recoveries=%d protocol_errors=%d%s",
+            reason,
+            record.duration,
+            record.frames_in,
+            record.frames_out,
+            record.barge_ins,
+            record.text_only_recoveries,
+            record.protocol_errors,
+            f" detail={detail!r}" if detail else "",
+        )
+
+    async def _close_caller(self, reason: EndReason, detail: str) -> None:
+        if self._ws.application_state is WebSocketState.DISCONNECTED:
+            return
+        if self._ws.client_state is WebSocketState.DISCONNECTED:
+            return
+        code = CLOSE_CODES.get(reason, 1011)
+        with contextlib.suppress(Exception):
+            await self._ws.close(code=code, reason=f"{reason}"[:120])
+
+    async def _deadline(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        raise CallEnded(EndReason.MAX_DURATION, f"call exceeded {seconds:.0f}s")
+
+    # ---- caller -> model -----------------------------------------------------------------------
+
+    async def _caller_to_model(self) -> None:
+        convert = None if self._passthrough else self._to_model.convert
+        record = self.record
+        while True:
+            text = await self._receive_text()
+            if text is None:
+                continue
+            try:
+                message = twilio.parse_message(text)
+            except ProtocolViolation as exc:
+                self._protocol_error(exc.detail)
+                continue
+            if isinstance(message, twilio.Media):
+                record.frames_in += 1
+                payload = message.payload if convert is None else convert(message.payload)
+                await self._send_model(realtime.input_audio_append(payload))
+            elif isinstance(message, twilio.Mark):
+                item_id = self._playback.echoed(message.name, self._loop.time())
+                turn = self._turns.get(item_id) if item_id is not None else None
+                if turn is not None and not turn.interrupted:
+                    turn.ended_at = self._now()  # played up to here
+            elif isinstance(message, twilio.Stop):
+                raise CallEnded(EndReason.CALLER_HANGUP)
+            elif isinstance(message, twilio.Dtmf):
+                self._event("dtmf", digit=message.digit)
+            elif isinstance(message, twilio.Start):
+                self._protocol_error("second start on one stream")
+
+    async def _receive_text(self) -> str | None:
+        """Next text frame, None for a frame to skip; a disconnect ends the call.
+
+        Reads raw ASGI messages: `iter_text()` would swallow the disconnect, and a call whose
+        caller hung up would then keep its paid Realtime session open.
+        """
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"close code {message.get('code')}")
+        text = message.get("text")
+        if text is None:
+            self._protocol_error("binary frame")
+        return text
+
+    def _protocol_error(self, detail: str) -> None:
+        self.record.protocol_errors += 1
+        if self.record.protocol_errors <= 5:
+            logger.warning("bad Twilio message: %s", detail)
+            self._event("protocol_error", detail=detail)
+        if self.record.protocol_errors > MAX_PROTOCOL_ERRORS:
+            raise CallEnded(EndReason.PROTOCOL_ERROR, f"{MAX_PROTOCOL_ERRORS}+ bad messages")
+
+    # ---- model -> caller -----------------------------------------------------------------------
+
+    async def _model_to_caller(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        try:
+            async for frame in upstream:
+                try:
+                    event = realtime.parse_server_event(frame)
+                except ProtocolViolation as exc:
+                    logger.warning("bad Realtime event: %s", exc.detail)
+                    self._event("upstream_protocol_error", detail=exc.detail)
+                    continue
+                await self._on_model_event(event)
+        except ConnectionClosed as exc:
+            raise _upstream_ended(exc) from None
+        raise CallEnded(EndReason.UPSTREAM_CLOSED, f"code {upstream.close_code}")
+
+    async def _on_model_event(self, event: realtime.ServerEvent) -> None:
+        if isinstance(event, realtime.AudioDelta):
+            await self._on_audio(event)
+        elif isinstance(event, realtime.TranscriptDelta):
+            turn = self._turns.get(event.item_id)
+            if turn is not None and event.item_id not in self._dropped_items:
+                turn.text += event.delta
+        elif isinstance(event, realtime.SpeechStarted):
+            await self._barge_in()
+            self._turns[event.item_id] = Turn("caller", event.item_id, self._now())
+            self.record.turns.append(self._turns[event.item_id])
+        elif isinstance(event, realtime.SpeechStopped):
+            turn = self._turns.get(event.item_id)
+            if turn is not None:
+                turn.ended_at = self._now()
+        elif isinstance(event, realtime.InputTranscript):
+            turn = self._turns.get(event.item_id)
+            if turn is not None:
+                turn.text = event.transcript
+        elif isinstance(event, realtime.ResponseCreated):
+            self._response_active = True
+            self._response_id = event.response_id
+        elif isinstance(event, realtime.ResponseDone):
+            await self._on_response_done(event)
+        elif isinstance(event, realtime.ServerError):
+            await self._on_error(event)
+
+    async def _on_audio(self, delta: realtime.AudioDelta) -> None:
+        if delta.item_id in self._dropped_items or delta.response_id in self._dropped_responses:
+            return  # late audio of an interrupted reply: the caller must never hear it
+        if delta.item_id != self._current_item:
+            await self._end_item()
+            self._current_item = delta.item_id
+            if delta.item_id not in self._turns:
+                turn = Turn("assistant", delta.item_id, self._now())
+                turn.source = "reask" if self._guarantee.awaiting_reask else "model"
+                self._turns[delta.item_id] = turn
+                self.record.turns.append(turn)
+        if delta.response_id:
+            self._audio_seen.add(delta.response_id)
+        model_ms = len(delta.audio) / (8 if self._passthrough else 48)
+        self._playback.received(delta.item_id, model_ms)
+        self._turns[delta.item_id].audio_ms += model_ms
+        ulaw = delta.audio if self._passthrough else self._to_caller.convert(delta.audio)
+        frames = self._framer.push(ulaw)
+        if frames:
+            await self._play(delta.item_id, b"".join(frames))
+
+    async def _play(self, item_id: str, ulaw: bytes) -> None:
+        """Send whole 20 ms frames followed by one mark that tells us when they were played."""
+        writer = self._writer
+        assert writer is not None
+        mark = self._playback.sent(item_id, len(ulaw), self._loop.time())
+        self.record.frames_out += len(ulaw) // audio.FRAME_BYTES
+        await self._send_caller(writer.media(ulaw))
+        await self._send_caller(writer.mark(mark))
+
+    async def _end_item(self) -> None:
+        """The current item's audio is complete: push out the filter tail and the last frame."""
+        item = self._current_item
+        if item is None:
+            return
+        self._current_item = None
+        tail = b"" if self._passthrough else self._to_caller.flush()
+        frames = self._framer.push(tail)
+        last = self._framer.flush()
+        if last:
+            frames.append(last)
+        if frames:
+            await self._play(item, b"".join(frames))
+
+    async def _barge_in(self) -> None:
+        """The caller started talking: stop the assistant where the caller stopped hearing it."""
+        now = self._loop.time()
+        plan = self._playback.interrupt(
+            now, response_active=self._response_active, current_item=self._current_item
+        )
+        if plan.clear:
+            writer = self._writer
+            assert writer is not None
+            await self._send_caller(writer.clear())  # first: every ms here is heard by the caller
+        self._to_caller.reset()
+        self._framer.reset()
+        self._current_item = None
+        for cut in plan.truncations:
+            self._dropped_items.add(cut.item_id)
+            turn = self._turns.get(cut.item_id)
+            if turn is not None:
+                turn.interrupted = True
+                turn.heard_ms = cut.audio_end_ms
+                turn.ended_at = self._now()
+            if cut.item_id.startswith("tts_"):
+                continue  # our own fallback speech: the model has no audio item to cut
+            await self._send_model(
+                realtime.item_truncate(cut.item_id, cut.audio_end_ms, event_id=self._next_id())
+            )
+        if plan.cancel and self._response_id is not None:
+            self._dropped_responses.add(self._response_id)
+            await self._send_model(realtime.response_cancel(event_id=self._next_id()))
+        if plan.clear or plan.cancel:
+            self.record.barge_ins += 1
+            self._event(
+                "barge_in",
+                cleared=plan.clear,
+                cancelled=plan.cancel,
+                truncations=[dataclasses.asdict(cut) for cut in plan.truncations],
+            )
+
+    async def _on_response_done(self, done: realtime.ResponseDone) -> None:
+        self._response_active = False
+        self._response_id = None
+        if done.response_id not in self._dropped_responses:
+            await self._end_item()
+        self.record.add_usage(done.usage)
+        audio_seen = done.response_id in self._audio_seen
+        self._audio_seen.discard(done.response_id)
+        self._dropped_responses.discard(done.response_id)
+        if done.status == "failed":
+            self._event("response_failed", response_id=done.response_id, reason=done.reason)
+        action = self._guarantee.response_done(done, audio_seen=audio_seen)
+        if action is not None:
+            await self._recover(action.recovery, action.text, action.delete_items)
+        if self._queued_creates:
+            await self._send_model(self._queued_creates.pop(0))
+
+    async def _recover(self, recovery: Recovery, text: str, delete_items: tuple[str, ...]) -> None:
+        """A reply came back without audio; make sure the caller hears it anyway."""
+        profile = self._profile
+        assert profile is not None
+        self.record.text_only_recoveries += 1
+        logger.warning("reply came back without audio; recovering by %s", recovery)
+        self._event("text_only_recovery", recovery=str(recovery), text=text[:200])
+        if recovery is Recovery.GIVE_UP:
+            raise CallEnded(EndReason.NO_AUDIO, "replies keep arriving without audio")
+        if recovery is Recovery.REASK:
+            for item_id in delete_items:
+                await self._send_model(realtime.item_delete(item_id, event_id=self._next_id()))
+            self._guarantee.reask_sent()
+            await self._request_response(realtime.say_exactly(profile.instructions, text))
+            return
+        tg = self._tg
+        assert tg is not None
+        tg.create_task(self._speak_fallback(text, profile.voice), name="tts_fallback")
+
+    async def _speak_fallback(self, text: str, voice: str) -> None:
+        """Speak `text` through the speech endpoint as if it were an assistant item."""
+        try:
+            pcm = await self._services.speech.synthesize(text, voice)
+        except UpstreamUnavailable as exc:
+            self._guarantee.tts_failed()
+            logger.error("speech fallback failed: %s", exc)
+            self._event("tts_failed", detail=str(exc))
+            return
+        self._guarantee.tts_played()
+        item_id = f"tts_{next(self._tts_ids)}"
+        turn = Turn("assistant", item_id, self._now(), text=text, source="tts")
+        turn.audio_ms = len(pcm) / 48
+        self._turns[item_id] = turn
+        self.record.turns.append(turn)
+        converter, framer = audio.ModelToCaller(), audio.Framer()
+        ulaw = converter.convert(pcm) + converter.flush()
+        self._playback.received(item_id, len(pcm) / 48)
+        frames = framer.push(ulaw)
+        last = framer.flush()
+        if last:
+            frames.append(last)
+        data = b"".join(frames)
+        for offset in range(0, len(data), TTS_CHUNK_BYTES):
+            if turn.interrupted:
+                return
+            await self._play(item_id, data[offset : offset + TTS_CHUNK_BYTES])
+
+    async def _on_error(self, error: realtime.ServerError) -> None:
+        if error.code == "response_cancel_not_active":
+            # The response finished while our cancel was in flight: harmless.
+            logger.debug("cancel raced the end of the response")
+            return
+        if error.code == "conversation_already_has_active_response":
+            create = self._recent_creates.get(error.event_id or "")
+            if create is not None:
+                self._queued_creates.append(create)  # send it after the running response
+                return
+        logger.warning("Realtime error %s: %s", error.code, error.message)
+        self._event("upstream_error", code=error.code, message=error.message[:300])
+        if error.fatal:
+            raise CallEnded(EndReason.UPSTREAM_ERROR, f"{error.code}: {error.message}")
+
+    async def _request_response(self, instructions: str | None) -> None:
+        """`response.create`, queued behind a running response instead of colliding with it."""
+        event = realtime.response_create(instructions, event_id=self._next_id())
+        self._recent_creates[event["event_id"]] = event
+        if len(self._recent_creates) > 16:
+            self._recent_creates.pop(next(iter(self._recent_creates)))
+        if self._response_active:
+            self._queued_creates.append(event)
+        else:
+            await self._send_model(event)
+
+    # ---- I/O helpers ---------------------------------------------------------------------------
+
+    async def _send_model(self, event: dict[str, Any] | str) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        text = event if isinstance(event, str) else json.dumps(event)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await upstream.send(text)
+        except ConnectionClosed as exc:
+            raise _upstream_ended(exc) from None
+        except TimeoutError:
+            raise CallEnded(EndReason.UPSTREAM_ERROR, "Realtime stopped reading") from None
+
+    async def _send_caller(self, text: str) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self._ws.send_text(text)
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"send failed: {exc!r}") from None
+        except TimeoutError:
+            raise CallEnded(EndReason.CALLER_DISCONNECTED, "Twilio stopped reading") from None
+
+    def _event(self, kind: str, **detail: Any) -> None:
+        event = CallEvent(at=self._now(), kind=kind, detail=detail)
+        self.record.events.append(event)
+        if self.record.call_sid:
+            self._services.recorder.call_event(self.record, event)
+
+    def _next_id(self) -> str:
+        return f"bridge_{next(self._event_ids)}"
+
+    def _now(self) -> float:
+        """Seconds since the call started."""
+        return round(self._loop.time() - self._t0, 3)
+
+    def _wall_now(self) -> float:
+        return self.record.started_at + (self._loop.time() - self._t0)
+
+
+def _upstream_ended(exc: ConnectionClosed) -> CallEnded:
+    """Normal closes and lost connections are UPSTREAM_CLOSED; refusals by code are errors."""
+    received = exc.rcvd
+    if received is None:
+        return CallEnded(EndReason.UPSTREAM_CLOSED, "connection lost without a close frame")
+    detail = f"code {received.code} {received.reason}".strip()
+    # 1008 policy violation, 1011 server error, 4000-4999 application errors (4000: beta shape).
+    if received.code in (1008, 1011) or 4000 <= received.code <= 4999:
+        return CallEnded(EndReason.UPSTREAM_ERROR, detail)
+    return CallEnded(EndReason.UPSTREAM_CLOSED, detail)

@@ -1,0 +1,60 @@
+"""Logging: one logger per module, the call SID carried into every record of a call."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+
+call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
+
+
+class CallContextFilter(logging.Filter):
+    """Stamps each record with the call SID of the task that logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.call_sid = call_sid_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "call_sid": getattr(record, "call_sid", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Install one stderr handler on the root logger (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallContextFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(call_sid)s] %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_bridge", False):
+            root.removeHandler(old)
+    handler._bridge = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def mask_number(number: str) -> str:
+    """Phone numbers in logs keep their country code and last two digits only."""
+    if len(number) <= 5:
+        return "***"
+    return number[:3] + "*" * (len(number) - 5) + number[-2:]

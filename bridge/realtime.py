@@ -1,0 +1,327 @@
+"""Sans-I/O Realtime side (GA interface): the client events we send and the server events we read.
+
+Builders return plain dicts (validated against the official GA types in the tests); the parser turns
+the server events the call reacts to into small typed objects and leaves the rest as `Other`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+from bridge.errors import ProtocolViolation
+from bridge.profiles import Profile
+from bridge.settings import AudioMode
+
+PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
+PCMU_FORMAT: dict[str, Any] = {"type": "audio/pcmu"}
+AUDIO_ONLY = ["audio"]
+
+# Beta names some Realtime-compatible servers still send, mapped to their GA names.
+BETA_NAMES = {
+    "response.audio.delta": "response.output_audio.delta",
+    "response.audio.done": "response.output_audio.done",
+    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.done": "response.output_audio_transcript.done",
+    "response.text.delta": "response.output_text.delta",
+    "response.text.done": "response.output_text.done",
+    "conversation.item.created": "conversation.item.added",
+}
+AUDIO_CONTENT_TYPES = frozenset({"output_audio", "audio"})
+TEXT_CONTENT_TYPES = frozenset({"output_text", "text"})
+# Errors after which the session cannot continue.
+FATAL_ERROR_CODES = frozenset(
+    {"session_expired", "beta_api_shape_disabled", "invalid_api_key", "insufficient_quota"}
+)
+
+
+# ---- client events ---------------------------------------------------------------------------
+
+
+def session_update(profile: Profile) -> dict[str, Any]:
+    """The one `session.update` sent on connect: audio out only, server VAD, transcription."""
+    audio_format = PCMU_FORMAT if profile.audio_mode is AudioMode.PCMU else PCM_FORMAT
+    vad = profile.turn_detection
+    audio_input: dict[str, Any] = {
+        "format": dict(audio_format),
+        "turn_detection": {
+            "type": "server_vad",
+            "threshold": vad.threshold,
+            "prefix_padding_ms": vad.prefix_padding_ms,
+            "silence_duration_ms": vad.silence_duration_ms,
+            "create_response": True,
+            # The bridge cancels itself: only it knows whether the caller is hearing audio.
+            "interrupt_response": False,
+        },
+    }
+    if profile.transcription_model:
+        audio_input["transcription"] = {"model": profile.transcription_model}
+    return {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "output_modalities": list(AUDIO_ONLY),
+            "instructions": profile.instructions,
+            "audio": {
+                "input": audio_input,
+                "output": {"format": dict(audio_format), "voice": profile.voice},
+            },
+        },
+    }
+
+
+def input_audio_append(audio: bytes) -> str:
+    """Hot path (50 per second per call): built as a string, base64 needs no JSON escaping."""
+    return (
+        '{"type":"input_audio_buffer.append","audio":"'
+        + base64.b64encode(audio).decode("ascii")
+        + '"}'
+    )
+
+
+def response_create(
+    instructions: str | None = None, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """Every response we ask for asks for audio, whatever the session says."""
+    response: dict[str, Any] = {"output_modalities": list(AUDIO_ONLY)}
+    if instructions:
+        response["instructions"] = instructions
+    return _with_id({"type": "response.create", "response": response}, event_id)
+
+
+def response_cancel(*, event_id: str | None = None) -> dict[str, Any]:
+    return _with_id({"type": "response.cancel"}, event_id)
+
+
+def item_truncate(
+    item_id: str, audio_end_ms: int, *, event_id: str | None = None
+) -> dict[str, Any]:
+    return _with_id(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": max(0, int(audio_end_ms)),
+        },
+        event_id,
+    )
+
+
+def item_delete(item_id: str, *, event_id: str | None = None) -> dict[str, Any]:
+    return _with_id({"type": "conversation.item.delete", "item_id": item_id}, event_id)
+
+
+def say_exactly(base_instructions: str, text: str) -> str:
+    """Per-response instructions replace the session's, so keep the persona and add the line."""
+    return (
+        f'{base_instructions}\n\nSay exactly this to the caller, aloud, and nothing else: "{text}"'
+    )
+
+
+def _with_id(event: dict[str, Any], event_id: str | None) -> dict[str, Any]:
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+# ---- server events ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AudioDelta:
+    item_id: str
+    response_id: str
+    audio: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    item_id: str
+    delta: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InputTranscript:
+    item_id: str
+    transcript: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputItem:
+    item_id: str
+    type: str
+    content_types: tuple[str, ...]
+    text: str
+
+    @property
+    def has_audio(self) -> bool:
+        return any(kind in AUDIO_CONTENT_TYPES for kind in self.content_types)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    reason: str | None
+    output: tuple[OutputItem, ...]
+    usage: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerError:
+    type: str
+    code: str | None
+    message: str
+    event_id: str | None
+
+    @property
+    def fatal(self) -> bool:
+        return self.code in FATAL_ERROR_CODES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Other:
+    type: str
+
+
+ServerEvent = (
+    AudioDelta
+    | TranscriptDelta
+    | SpeechStarted
+    | SpeechStopped
+    | InputTranscript
+    | ResponseCreated
+    | ResponseDone
+    | ItemTruncated
+    | ServerError
+    | Other
+)
+
+
+def parse_server_event(text: str | bytes) -> ServerEvent:
+    """Parse one server frame; raise ProtocolViolation if it is not a Realtime event at all."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolViolation(f"invalid JSON from Realtime: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolViolation("Realtime event without a type")
+    kind: str = data["type"]
+    kind = BETA_NAMES.get(kind, kind)
+    parser: Callable[[dict[str, Any], str], ServerEvent] = _PARSERS.get(kind, _other)
+    try:
+        return parser(data, kind)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ProtocolViolation(f"malformed {kind}: {exc!r:.80}") from exc
+
+
+def _audio_delta(data: dict[str, Any], kind: str) -> AudioDelta:
+    return AudioDelta(
+        item_id=data["item_id"],
+        response_id=data.get("response_id", ""),
+        audio=base64.b64decode(data["delta"]),
+    )
+
+
+def _transcript_delta(data: dict[str, Any], kind: str) -> TranscriptDelta:
+    return TranscriptDelta(item_id=data.get("item_id", ""), delta=str(data.get("delta", "")))
+
+
+def _speech_started(data: dict[str, Any], kind: str) -> SpeechStarted:
+    return SpeechStarted(
+        item_id=data.get("item_id", ""), audio_start_ms=int(data["audio_start_ms"])
+    )
+
+
+def _speech_stopped(data: dict[str, Any], kind: str) -> SpeechStopped:
+    return SpeechStopped(item_id=data.get("item_id", ""), audio_end_ms=int(data["audio_end_ms"]))
+
+
+def _input_transcript(data: dict[str, Any], kind: str) -> InputTranscript:
+    return InputTranscript(item_id=data.get("item_id", ""), transcript=str(data["transcript"]))
+
+
+def _response_created(data: dict[str, Any], kind: str) -> ResponseCreated:
+    return ResponseCreated(response_id=str(data["response"]["id"]))
+
+
+def _response_done(data: dict[str, Any], kind: str) -> ResponseDone:
+    response = data["response"]
+    details = response.get("status_details") or {}
+    items = []
+    for item in response.get("output") or []:
+        content = item.get("content") or []
+        texts = [str(part.get("text") or part.get("transcript") or "") for part in content]
+        items.append(
+            OutputItem(
+                item_id=str(item.get("id", "")),
+                type=str(item.get("type", "")),
+                content_types=tuple(str(part.get("type", "")) for part in content),
+                text="".join(texts),
+            )
+        )
+    return ResponseDone(
+        response_id=str(response.get("id", "")),
+        status=str(response.get("status", "")),
+        reason=details.get("reason") if isinstance(details, dict) else None,
+        output=tuple(items),
+        usage=dict(response.get("usage") or {}),
+    )
+
+
+def _item_truncated(data: dict[str, Any], kind: str) -> ItemTruncated:
+    return ItemTruncated(item_id=data["item_id"], audio_end_ms=int(data["audio_end_ms"]))
+
+
+def _error(data: dict[str, Any], kind: str) -> ServerError:
+    error = data.get("error") or {}
+    return ServerError(
+        type=str(error.get("type", "")),
+        code=error.get("code"),
+        message=str(error.get("message", "")),
+        event_id=error.get("event_id"),
+    )
+
+
+def _other(data: dict[str, Any], kind: str) -> Other:
+    return Other(type=kind)
+
+
+_PARSERS = {
+    "response.output_audio.delta": _audio_delta,
+    "response.output_audio_transcript.delta": _transcript_delta,
+    "input_audio_buffer.speech_started": _speech_started,
+    "input_audio_buffer.speech_stopped": _speech_stopped,
+    "conversation.item.input_audio_transcription.completed": _input_transcript,
+    "response.created": _response_created,
+    "response.done": _response_done,
+    "conversation.item.truncated": _item_truncated,
+    "error": _error,
+}

@@ -1,0 +1,127 @@
+"""What is remembered about a call: who, when, how long, turns, barge-ins, errors, usage.
+
+`Recorder` is the interface the call log implements; the call never waits on storage beyond
+handing a record over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class EndReason(enum.StrEnum):
+    """Why a call ended; one per call, written to the record and the end-of-call log line."""
+
+    CALLER_HANGUP = "caller_hangup"
+    CALLER_DISCONNECTED = "caller_disconnected"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    PROTOCOL_ERROR = "protocol_error"
+    START_TIMEOUT = "start_timeout"
+    NO_AUDIO = "no_audio"
+    MAX_DURATION = "max_duration"
+    SERVER_SHUTDOWN = "server_shutdown"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclasses.dataclass(slots=True)
+class CallEvent:
+    at: float  # seconds since the call started
+    kind: str  # barge_in, text_only_recovery, upstream_error, protocol_error, ...
+    detail: dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Turn:
+    role: str  # "caller" or "assistant"
+    item_id: str
+    started_at: float  # seconds since the call started
+    ended_at: float | None = None
+    text: str = ""
+    interrupted: bool = False
+    heard_ms: int | None = None  # assistant turns: audio the caller heard (None: all of it)
+    audio_ms: float = 0.0  # assistant turns: audio the model produced
+    source: str = "model"  # assistant turns: "model", "reask" or "tts"
+
+
+@dataclasses.dataclass(slots=True)
+class CallRecord:
+    call_sid: str
+    stream_sid: str
+    from_number: str = ""
+    to_number: str = ""
+    profile: str = ""
+    model: str = ""
+    voice: str = ""
+    started_at: float = dataclasses.field(default_factory=time.time)  # wall clock, epoch seconds
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+    end_detail: str = ""
+    frames_in: int = 0
+    frames_out: int = 0
+    barge_ins: int = 0
+    text_only_recoveries: int = 0
+    protocol_errors: int = 0
+    turns: list[Turn] = dataclasses.field(default_factory=list)
+    events: list[CallEvent] = dataclasses.field(default_factory=list)
+    usage: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        end = self.ended_at if self.ended_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+    def add_usage(self, usage: dict[str, Any]) -> None:
+        """Sum token counts from `response.done`, flattening the per-kind details."""
+        for key, value in usage.items():
+            if isinstance(value, int):
+                self.usage[key] = self.usage.get(key, 0) + value
+            elif isinstance(value, dict):
+                for sub, count in value.items():
+                    if isinstance(count, int):
+                        name = f"{key}.{sub}"
+                        self.usage[name] = self.usage.get(name, 0) + count
+
+
+class Recorder(Protocol):
+    """Where call records go. Implementations must not block the audio path."""
+
+    def call_started(self, record: CallRecord) -> None: ...
+
+    def call_event(self, record: CallRecord, event: CallEvent) -> None: ...
+
+    def call_ended(self, record: CallRecord) -> None: ...
+
+
+class MemoryRecorder:
+    """Keeps the most recent records in memory (tests, the demo, and until the call log lands)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self.live: dict[str, CallRecord] = {}
+        self.finished: list[CallRecord] = []
+
+    def call_started(self, record: CallRecord) -> None:
+        self.live[record.call_sid] = record
+
+    def call_event(self, record: CallRecord, event: CallEvent) -> None:
+        logger.debug("call event %s %s", event.kind, event.detail)
+
+    def call_ended(self, record: CallRecord) -> None:
+        self.live.pop(record.call_sid, None)
+        self.finished.append(record)
+        del self.finished[: -self.keep]
+
+    def find(self, call_sid: str) -> CallRecord | None:
+        for record in reversed(self.finished):
+            if record.call_sid == call_sid:
+                return record
+        return self.live.get(call_sid)

@@ -1,0 +1,56 @@
+"""Running an ASGI app under uvicorn inside an asyncio program (tests, demo, benchmark)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+def uvicorn_config(
+    app: ASGIApp, host: str, port: int, *, log_level: str = "warning"
+) -> uvicorn.Config:
+    """The one uvicorn configuration the bridge runs with, in production and in tests."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_max_size=256 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        log_level=log_level,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host program."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` on a loopback port; yields its base URL ("http://127.0.0.1:PORT")."""
+    server = EmbeddedServer(uvicorn_config(app, host, port))
+    task = asyncio.create_task(server.serve(), name="uvicorn")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raise start-up failure
+                raise RuntimeError("server exited during start-up")
+            await asyncio.sleep(0.01)
+        sockname = server.servers[0].sockets[0].getsockname()
+        yield f"http://{sockname[0]}:{sockname[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)

@@ -1,0 +1,137 @@
+"""Process settings from the environment, validated once at start-up.
+
+Secrets live only here (as `SecretStr`, so they never print); everything per phone number lives
+in profiles.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from bridge.errors import ConfigError
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, concise voice assistant answering a phone call. "
+    "Speak naturally in short sentences; the caller hears you over a telephone line."
+)
+
+
+class AudioMode(enum.StrEnum):
+    """How caller audio meets the model: transcoded to 24 kHz PCM16, or mu-law passed through."""
+
+    TRANSCODE = "transcode"
+    PCMU = "pcmu"
+
+
+# Environment variable -> field name. Unlisted BRIDGE_* variables are ignored.
+ENVIRONMENT: dict[str, str] = {
+    "OPENAI_API_KEY": "openai_api_key",
+    "BRIDGE_REALTIME_URL": "realtime_url",
+    "BRIDGE_MODEL": "model",
+    "BRIDGE_VOICE": "voice",
+    "BRIDGE_INSTRUCTIONS": "instructions",
+    "BRIDGE_GREETING": "greeting",
+    "BRIDGE_PUBLIC_URL": "public_url",
+    "BRIDGE_TTS_URL": "tts_url",
+    "BRIDGE_TTS_MODEL": "tts_model",
+    "BRIDGE_TRANSCRIPTION_MODEL": "transcription_model",
+    "BRIDGE_VAD_THRESHOLD": "vad_threshold",
+    "BRIDGE_VAD_PREFIX_PADDING_MS": "vad_prefix_padding_ms",
+    "BRIDGE_VAD_SILENCE_MS": "vad_silence_ms",
+    "BRIDGE_AUDIO_MODE": "audio_mode",
+    "BRIDGE_MAX_CALL_SECONDS": "max_call_seconds",
+    "BRIDGE_CONNECT_TIMEOUT": "connect_timeout",
+    "BRIDGE_LOG_FORMAT": "log_format",
+    "BRIDGE_LOG_LEVEL": "log_level",
+}
+
+
+class Settings(BaseModel):
+    """Everything the process needs that does not depend on which number was called."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    openai_api_key: SecretStr
+    realtime_url: str = DEFAULT_REALTIME_URL
+    model: str = Field(default="gpt-realtime", min_length=1)
+    voice: str = Field(default="marin", min_length=1)
+    instructions: str = DEFAULT_INSTRUCTIONS
+    greeting: str = ""
+    public_url: str | None = None
+    tts_url: str | None = None
+    tts_model: str = "gpt-4o-mini-tts"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    vad_prefix_padding_ms: int = Field(default=300, ge=0, le=5000)
+    vad_silence_ms: int = Field(default=500, ge=50, le=10000)
+    audio_mode: AudioMode = AudioMode.TRANSCODE
+    max_call_seconds: float = Field(default=3600.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0, le=120)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("openai_api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("realtime_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"must be a ws:// or wss:// URL, got {value!r}")
+        return value
+
+    @field_validator("public_url", "tts_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def is_azure(self) -> bool:
+        """Azure OpenAI wants an `api-key` header instead of a bearer token."""
+        host = urlsplit(self.realtime_url).hostname or ""
+        return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
+
+    @property
+    def speech_url(self) -> str:
+        """Where the text-to-speech fallback posts: configured, else beside the Realtime URL."""
+        if self.tts_url:
+            return self.tts_url
+        parts = urlsplit(self.realtime_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        path = parts.path.rstrip("/")
+        path = path[: -len("/realtime")] if path.endswith("/realtime") else path
+        return urlunsplit((scheme, parts.netloc, f"{path}/audio/speech", "", ""))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate; raise ConfigError naming every bad variable."""
+        env = os.environ if environ is None else environ
+        values = {field: env[name] for name, field in ENVIRONMENT.items() if env.get(name)}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            reverse = {field: name for name, field in ENVIRONMENT.items()}
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "?"
+                variable = reverse.get(field, field)
+                message = "is required" if error["type"] == "missing" else error["msg"]
+                problems.append(f"{variable}: {message}")
+            raise ConfigError(problems) from exc

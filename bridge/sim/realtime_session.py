@@ -1,0 +1,437 @@
+"""Sans-I/O state machine of one simulated GA Realtime session: client events in, server events out.
+
+The binding (`realtime_server`) feeds parsed client events and pacing ticks (`advance`); nothing
+here awaits, so every rule (VAD, cancel, truncate, modality quirks) is a plain method call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bridge.sim.realtime_config import (
+    ClientError,
+    Mode,
+    SimConfig,
+    apply_session_update,
+    default_session,
+    missing,
+    require,
+    validate_audio_format,
+    validate_output_modalities,
+)
+from bridge.sim.realtime_media import EnergyVad, InputDecoder, bytes_per_ms, reply_renderer
+from bridge.sim.realtime_response import (
+    Event,
+    EventFactory,
+    Item,
+    ResponseStream,
+    item_from_client,
+)
+
+__all__ = ["RealtimeSessionState"]
+
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+class RealtimeSessionState:
+    """One session: conversation, input buffer + VAD, and at most one active response."""
+
+    def __init__(self, config: SimConfig, *, model: str = "gpt-realtime") -> None:
+        self.config = config
+        self.session: dict[str, Any] = default_session(model)
+        self.items: dict[str, Item] = {}  # insertion order = conversation order
+        self.truncations: list[dict[str, Any]] = []
+        self.response: ResponseStream | None = None
+        self.responses_started = 0
+        self.abort_requested = False  # DROP_MID_RESPONSE: the binding must abort the socket
+        self.audio_produced = False
+        self.input = InputDecoder(record=config.record_input)
+        self._vad = EnergyVad(config.vad_threshold_dbfs)
+        self._ev = EventFactory()
+        self._buffer_ms = 0.0  # input audio since the last commit/clear
+        self._input_ms_total = 0.0
+        self._speech_item_id: str | None = None
+        self._reply_index = 0
+        self._transcript_index = 0
+        self._handlers: dict[str, Callable[[Event], list[Event]]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit_by_client,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.truncate": self._item_truncate,
+            "conversation.item.delete": self._item_delete,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._output_audio_buffer_clear,
+        }
+
+    # ---- entry points --------------------------------------------------------------------
+
+    def connected(self) -> list[Event]:
+        """The first server event of a connection."""
+        return [self._ev.event("session.created", session=self.session)]
+
+    def handle(self, event: Any) -> list[Event]:
+        """Apply one parsed client event; invalid ones yield an `error` and change nothing."""
+        client_event_id = None
+        try:
+            if not isinstance(event, dict):
+                raise ClientError(
+                    "Invalid client event: expected a JSON object.", code="invalid_type"
+                )
+            raw_id = event.get("event_id")
+            client_event_id = raw_id if isinstance(raw_id, str) else None
+            kind = event.get("type")
+            if not isinstance(kind, str):
+                raise ClientError(
+                    "Missing required parameter: 'type'.",
+                    code="missing_required_parameter",
+                    param="type",
+                )
+            handler = self._handlers.get(kind)
+            if handler is None:
+                supported = ", ".join(f"'{name}'" for name in self._handlers)
+                raise ClientError(
+                    f"Invalid value: '{kind}'. Supported values are: {supported}.", param="type"
+                )
+            return handler(event)
+        except ClientError as exc:
+            return [self.error(exc, client_event_id)]
+
+    def invalid_json(self, detail: str) -> list[Event]:
+        """A text frame that is not JSON."""
+        return [
+            self.error(
+                ClientError(
+                    f"We could not parse the JSON body of your request. ({detail})",
+                    code="invalid_json",
+                )
+            )
+        ]
+
+    def error(self, exc: ClientError, client_event_id: str | None = None) -> Event:
+        """An `error` server event for `exc`."""
+        return self._ev.error(exc, client_event_id)
+
+    def advance(self) -> list[Event]:
+        """One pacing step of the active response: the next delta(s), and its end if reached."""
+        stream = self.response
+        if stream is None:
+            return []
+        events = stream.step(self._ev)
+        if stream.modality == "audio" and stream.next_chunk:
+            self.audio_produced = True
+        if stream.exhausted:
+            events += self._finish("completed")
+        elif stream.drop_after is not None and stream.next_chunk >= stream.drop_after:
+            self.abort_requested = True
+            self.response = None
+        return events
+
+    # ---- session and input audio ---------------------------------------------------------
+
+    def _session_update(self, event: Event) -> list[Event]:
+        if "session" not in event:
+            raise missing("session")
+        self.session = apply_session_update(
+            self.session, event["session"], audio_produced=self.audio_produced
+        )
+        return [self._ev.event("session.updated", session=self.session)]
+
+    def _append(self, event: Event) -> list[Event]:
+        audio = require(event, "audio", str)
+        try:
+            raw = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ClientError(
+                "Invalid 'audio'. Expected base64-encoded audio bytes.", param="audio"
+            ) from exc
+        audio_in = self.session["audio"]["input"]
+        pcm, rate = self.input.decode(raw, audio_in["format"])
+        ms = len(pcm) / 2 / rate * 1000.0
+        self._buffer_ms += ms
+        self._input_ms_total += ms
+        td = audio_in.get("turn_detection")
+        silence_ms = int(td.get("silence_duration_ms") or 500) if td else 500
+        out: list[Event] = []
+        for transition in self._vad.feed(pcm, rate, silence_ms, detect=td is not None):
+            assert td is not None  # transitions only come with detection on
+            if transition.started:
+                out += self._speech_started(transition.ms, td)
+            else:
+                out += self._speech_stopped(transition.ms, td)
+        return out
+
+    def _speech_started(self, onset_ms: int, td: dict[str, Any]) -> list[Event]:
+        item_id = self._speech_item_id = self._ev.new_id("item")
+        prefix = td.get("prefix_padding_ms")
+        start = max(0, onset_ms - int(300 if prefix is None else prefix))
+        events = [
+            self._ev.event(
+                "input_audio_buffer.speech_started", audio_start_ms=start, item_id=item_id
+            )
+        ]
+        stream = self.response
+        if td.get("interrupt_response", True) and stream is not None and stream.in_conversation:
+            events += self._finish("cancelled", reason="turn_detected")
+        return events
+
+    def _speech_stopped(self, end_ms: int, td: dict[str, Any]) -> list[Event]:
+        item_id = self._speech_item_id or self._ev.new_id("item")
+        self._speech_item_id = None
+        events = [
+            self._ev.event(
+                "input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id
+            )
+        ]
+        events += self._commit(item_id)
+        # With interrupt_response off the model may still be talking: no second response then.
+        if td.get("create_response", True) and self.response is None:
+            events += self._start_response({}, explicit=False)
+        return events
+
+    def _commit(self, item_id: str) -> list[Event]:
+        previous = self._last_item_id()
+        item = Item(item_id, "message", "user", [{"type": "input_audio", "transcript": None}])
+        self.items[item_id] = item
+        self._buffer_ms = 0.0
+        events = [
+            self._ev.event(
+                "input_audio_buffer.committed", item_id=item_id, previous_item_id=previous
+            ),
+            self._ev.event("conversation.item.added", item=item.wire(), previous_item_id=previous),
+            self._ev.event("conversation.item.done", item=item.wire(), previous_item_id=previous),
+        ]
+        if self.session["audio"]["input"].get("transcription"):
+            transcripts = self.config.caller_transcripts or ("",)
+            text = transcripts[self._transcript_index % len(transcripts)]
+            self._transcript_index += 1
+            events += item.transcribed(self._ev, text)
+        return events
+
+    def _commit_by_client(self, event: Event) -> list[Event]:
+        if self._buffer_ms < 100.0:
+            raise ClientError(
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms "
+                f"of audio, but buffer only has {self._buffer_ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        item_id = self._speech_item_id if self._vad.in_speech else None
+        self._vad.reset()
+        self._speech_item_id = None
+        return self._commit(item_id or self._ev.new_id("item"))
+
+    def _clear(self, event: Event) -> list[Event]:
+        self._buffer_ms = 0.0
+        self._vad.reset()
+        self._speech_item_id = None
+        return [self._ev.event("input_audio_buffer.cleared")]
+
+    # ---- conversation items --------------------------------------------------------------
+
+    def _item_create(self, event: Event) -> list[Event]:
+        raw = require(event, "item", dict)
+        item_id = raw.get("id") or self._ev.new_id("item")
+        if not isinstance(item_id, str) or item_id in self.items:
+            raise ClientError(f"Invalid 'item.id': '{item_id}' is already in use.", param="item.id")
+        item = item_from_client(raw, item_id)
+        previous = self._last_item_id()
+        self.items[item_id] = item
+        return [
+            self._ev.event("conversation.item.added", item=item.wire(), previous_item_id=previous),
+            self._ev.event("conversation.item.done", item=item.wire(), previous_item_id=previous),
+        ]
+
+    def _item_retrieve(self, event: Event) -> list[Event]:
+        item = self._lookup(require(event, "item_id", str), "retrieving")
+        return [self._ev.event("conversation.item.retrieved", item=item.wire())]
+
+    def _item_delete(self, event: Event) -> list[Event]:
+        item_id = require(event, "item_id", str)
+        self._lookup(item_id, "deleting")
+        del self.items[item_id]
+        return [self._ev.event("conversation.item.deleted", item_id=item_id)]
+
+    def _item_truncate(self, event: Event) -> list[Event]:
+        item_id = require(event, "item_id", str)
+        content_index = require(event, "content_index", int)
+        audio_end_ms = require(event, "audio_end_ms", int)
+        if audio_end_ms < 0:
+            raise ClientError(
+                "Invalid 'audio_end_ms': integer below minimum value. Expected a value >= 0, "
+                f"but got {audio_end_ms} instead.",
+                code="integer_below_min_value",
+                param="audio_end_ms",
+            )
+        item = self._lookup(item_id, "truncating")
+        audio_ms_before = item.audio_ms
+        item.truncate(content_index, audio_end_ms)
+        self.truncations.append(
+            {
+                "item_id": item_id,
+                "content_index": content_index,
+                "audio_end_ms": audio_end_ms,
+                "audio_ms_before": audio_ms_before,
+                "time": time.monotonic(),
+            }
+        )
+        return [
+            self._ev.event(
+                "conversation.item.truncated",
+                item_id=item_id,
+                content_index=content_index,
+                audio_end_ms=audio_end_ms,
+            )
+        ]
+
+    # ---- responses -----------------------------------------------------------------------
+
+    def _response_create(self, event: Event) -> list[Event]:
+        params = event.get("response", {})
+        if not isinstance(params, dict):
+            raise ClientError("Invalid type for 'response': expected an object.", param="response")
+        if self.response is not None:
+            raise ClientError(
+                "Conversation already has an active response in progress: "
+                f"{self.response.id}. Wait until the response is finished before creating a new "
+                "one.",
+                code="conversation_already_has_active_response",
+            )
+        params = dict(params)
+        if "output_modalities" in params:
+            params["output_modalities"] = validate_output_modalities(
+                params["output_modalities"], "response.output_modalities"
+            )
+        output = (params.get("audio") or {}).get("output") or {}
+        if "format" in output:
+            validate_audio_format(output["format"], "response.audio.output.format")
+        if params.get("conversation", "auto") not in ("auto", "none"):
+            raise ClientError(
+                "Invalid value for 'response.conversation'. Supported values are: 'auto' and "
+                "'none'.",
+                param="response.conversation",
+            )
+        return self._start_response(params, explicit=True)
+
+    def _response_cancel(self, event: Event) -> list[Event]:
+        wanted = event.get("response_id")
+        if self.response is None or (wanted is not None and wanted != self.response.id):
+            raise ClientError(
+                "Cancellation failed: no active response found", code="response_cancel_not_active"
+            )
+        return self._finish("cancelled", reason="client_cancelled")
+
+    def _output_audio_buffer_clear(self, event: Event) -> list[Event]:
+        raise ClientError(
+            "output_audio_buffer.clear is only supported for WebRTC and SIP connections.",
+            param="type",
+        )
+
+    def _start_response(self, params: dict[str, Any], *, explicit: bool) -> list[Event]:
+        config, session = self.config, self.session
+        turn = self.responses_started
+        self.responses_started += 1
+        requested = list(params.get("output_modalities") or session["output_modalities"])
+        modality = requested[0]
+        if config.mode is Mode.ALWAYS_TEXT or (
+            config.mode is Mode.STICKY_TEXT
+            and (turn == 0 or any(i.text_only_assistant for i in self.items.values()))
+        ):
+            modality = "text"
+        text = self._reply_text(params.get("instructions") if explicit else None)
+        output = (params.get("audio") or {}).get("output") or {}
+        session_out = session["audio"]["output"]
+        audio_format = (
+            validate_audio_format(output["format"], "format")
+            if "format" in output
+            else session_out["format"]
+        )
+        render, ready = reply_renderer(
+            config.reply_audio, turn, text, audio_format, config.chunk_ms
+        )
+        in_conversation = params.get("conversation", "auto") != "none"
+        item = Item(
+            self._ev.new_id("item"),
+            "message",
+            "assistant",
+            [],
+            status="in_progress",
+            bytes_per_ms=bytes_per_ms(audio_format),
+        )
+        stream = ResponseStream(
+            id=self._ev.new_id("resp"),
+            item=item,
+            modality=modality,
+            requested=requested,
+            text=text,
+            audio_format=audio_format,
+            voice=output.get("voice", session_out.get("voice")),
+            in_conversation=in_conversation,
+            previous_item_id=self._last_item_id() if in_conversation else None,
+            metadata=params.get("metadata"),
+            render=render,
+            audio=ready if modality == "audio" else None,
+            drop_after=(
+                config.drop_after_deltas
+                if config.mode is Mode.DROP_MID_RESPONSE and turn == 0
+                else None
+            ),
+        )
+        self.response = stream
+        if in_conversation:
+            self.items[item.id] = item
+        return stream.opening(self._ev)
+
+    def _reply_text(self, instructions: Any) -> str:
+        """The last quoted line of explicit instructions ("say exactly"), else the next reply."""
+        if isinstance(instructions, str):
+            quoted = _QUOTED.findall(instructions)
+            if quoted:
+                return str(quoted[-1])
+        replies = self.config.replies or ("",)
+        text = replies[self._reply_index % len(replies)]
+        self._reply_index += 1
+        return text
+
+    def _finish(self, status: str, *, reason: str | None = None) -> list[Event]:
+        """End the active response as `completed` or `cancelled`, with its closing events."""
+        stream = self.response
+        assert stream is not None
+        self.response = None
+        events: list[Event] = []
+        if status == "cancelled" and stream.modality == "audio":
+            # Deltas already in flight when the cancel arrived still reach the client.
+            for _ in range(self.config.late_deltas_after_cancel):
+                if stream.exhausted:
+                    break
+                events += stream.step(self._ev)
+        text_in = len(str(self.session.get("instructions") or "")) // 4 + 10
+        usage = stream.usage(text_in, int(self._input_ms_total / 100))
+        return events + stream.closing(
+            self._ev,
+            status,
+            reason=reason,
+            usage=usage,
+            item_in_conversation=stream.item.id in self.items,
+        )
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _last_item_id(self) -> str | None:
+        return next(reversed(self.items), None)
+
+    def _lookup(self, item_id: str, action: str) -> Item:
+        item = self.items.get(item_id)
+        if item is None:
+            raise ClientError(
+                f"Error {action} item: the item with id '{item_id}' does not exist.",
+                param="item_id",
+            )
+        return item

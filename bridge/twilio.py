@@ -1,0 +1,176 @@
+"""Sans-I/O Twilio side: Media Stream messages <-> typed objects, and the TwiML we answer with.
+
+No sockets here: `call.py` feeds text frames in and writes the strings produced here out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from bridge.errors import ProtocolViolation
+
+MEDIA_PATH = "/twilio/media"
+# Twilio sends 20 ms (160 byte) frames; anything past one second is not a phone frame.
+MAX_MEDIA_BYTES = 8000
+MAX_MESSAGE_CHARS = 64 * 1024
+_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    custom_parameters: dict[str, str]
+    encoding: str
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Media:
+    payload: bytes
+    timestamp: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mark:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+TwilioMessage = Connected | Start | Media | Mark | Dtmf | Stop
+
+
+def _field(obj: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise ProtocolViolation(f"{where}: expected an object")
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise ProtocolViolation(f"{where}.{key}: expected {kind.__name__}, got {value!r:.40}")
+    return value
+
+
+def parse_message(text: str) -> TwilioMessage:
+    """Parse one Media Stream text frame; raise ProtocolViolation saying what is wrong."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolViolation(f"message of {len(text)} chars exceeds {MAX_MESSAGE_CHARS}")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolViolation(f"invalid JSON: {exc}") from exc
+    event = _field(data, "event", str, "message")
+    if event == "media":
+        media = _field(data, "media", dict, "media")
+        encoded = _field(media, "payload", str, "media")
+        if len(encoded) > MAX_MEDIA_BYTES * 4 // 3 + 4:
+            raise ProtocolViolation(f"media payload of {len(encoded)} chars is oversize")
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolViolation(f"media.payload: invalid base64 ({exc})") from exc
+        try:
+            timestamp = int(media.get("timestamp", 0))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolViolation("media.timestamp: not an integer") from exc
+        return Media(payload=payload, timestamp=timestamp)
+    if event == "mark":
+        mark = _field(data, "mark", dict, "mark")
+        return Mark(name=_field(mark, "name", str, "mark"))
+    if event == "start":
+        start = _field(data, "start", dict, "start")
+        stream_sid = _field(start, "streamSid", str, "start")
+        if not _SID.match(stream_sid):
+            raise ProtocolViolation(f"start.streamSid: malformed {stream_sid!r:.40}")
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolViolation("start.customParameters: expected an object")
+        media_format = start.get("mediaFormat") or {}
+        if not isinstance(media_format, dict):
+            raise ProtocolViolation("start.mediaFormat: expected an object")
+        return Start(
+            stream_sid=stream_sid,
+            call_sid=_field(start, "callSid", str, "start"),
+            account_sid=str(start.get("accountSid", "")),
+            custom_parameters={str(k): str(v) for k, v in params.items()},
+            encoding=str(media_format.get("encoding", "audio/x-mulaw")),
+            sample_rate=int(media_format.get("sampleRate", 8000)),
+        )
+    if event == "connected":
+        return Connected(protocol=str(data.get("protocol", "")))
+    if event == "stop":
+        return Stop()
+    if event == "dtmf":
+        dtmf = _field(data, "dtmf", dict, "dtmf")
+        return Dtmf(digit=_field(dtmf, "digit", str, "dtmf"))
+    raise ProtocolViolation(f"unknown event {event!r:.40}")
+
+
+class StreamWriter:
+    """Builds the messages we send on one stream (its `streamSid` checked once, at start)."""
+
+    __slots__ = ("_media_prefix", "stream_sid")
+
+    def __init__(self, stream_sid: str) -> None:
+        if not _SID.match(stream_sid):
+            raise ProtocolViolation(f"malformed streamSid {stream_sid!r:.40}")
+        self.stream_sid = stream_sid
+        # Hot path: constant prefix, base64 payload (JSON-safe): no json.dumps per frame.
+        self._media_prefix = f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"'
+
+    def media(self, ulaw: bytes) -> str:
+        return self._media_prefix + base64.b64encode(ulaw).decode("ascii") + '"}}'
+
+    def mark(self, name: str) -> str:
+        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    def clear(self) -> str:
+        return json.dumps({"event": "clear", "streamSid": self.stream_sid})
+
+
+def stream_url(public_base: str) -> str:
+    """The Media Stream URL for a public base URL: https -> wss, http -> ws, no query string."""
+    parts = urlsplit(public_base)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/") + MEDIA_PATH
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def connect_twiml(url: str, parameters: Mapping[str, str]) -> str:
+    """`<Connect><Stream>` TwiML; parameters travel in `<Parameter>` since Twilio drops queries."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response)
+
+
+def reject_twiml(reason: str = "rejected") -> str:
+    """`<Reject>`: the caller hears busy or a rejection tone; no media stream is opened."""
+    response = VoiceResponse()
+    response.reject(reason=reason)
+    return str(response)

@@ -1,0 +1,91 @@
+"""Shared fixtures: the Realtime simulator, the real bridge server on a loopback port, callers."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+
+from bridge.app import Bridge, create_app
+from bridge.record import CallRecord, MemoryRecorder
+from bridge.server import serving
+from bridge.settings import Settings
+from bridge.sim.realtime_server import RealtimeSimulator
+from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
+
+
+@dataclasses.dataclass
+class RunningBridge:
+    """The bridge under test: its base URL, app state and call records."""
+
+    base: str
+    app: Starlette
+    recorder: MemoryRecorder
+    settings: Settings
+
+    @property
+    def state(self) -> Bridge:
+        bridge: Bridge = self.app.state.bridge
+        return bridge
+
+    @contextlib.asynccontextmanager
+    async def call(
+        self,
+        *,
+        from_: str = "+15550100001",
+        to: str = "+15550100000",
+        **caller_options: Any,
+    ) -> AsyncIterator[TwilioCaller]:
+        """Dial in the way Twilio does: webhook first, then the stream its TwiML names."""
+        call_sid = "CA" + os.urandom(16).hex()
+        status, twiml = await fetch_twiml(self.base, from_=from_, to=to, call_sid=call_sid)
+        assert status == 200, twiml
+        url, parameters = parse_stream(twiml)
+        async with TwilioCaller(
+            loopback_url(url, self.base),
+            custom_parameters=parameters,
+            call_sid=call_sid,
+            **caller_options,
+        ) as caller:
+            yield caller
+
+    async def finished(self, call_sid: str, timeout: float = 5.0) -> CallRecord:
+        """The call's record once the bridge has finalised it."""
+        import asyncio
+
+        async with asyncio.timeout(timeout):
+            while True:
+                record = self.recorder.find(call_sid)
+                if record is not None and record.end_reason is not None:
+                    return record
+                await asyncio.sleep(0.01)
+
+
+def make_settings(simulator: RealtimeSimulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_api_key": "sim-key",
+        "realtime_url": simulator.url,
+        "tts_url": f"{simulator.http_base}/v1/audio/speech",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RealtimeSimulator]:
+    async with RealtimeSimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+async def bridge(simulator: RealtimeSimulator) -> AsyncIterator[RunningBridge]:
+    recorder = MemoryRecorder()
+    settings = make_settings(simulator)
+    app = create_app(settings, recorder=recorder)
+    async with serving(app) as base:
+        yield RunningBridge(base, app, recorder, settings)

@@ -1,0 +1,353 @@
+"""End to end over real sockets: simulated Twilio caller -> bridge server -> Realtime simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import typing
+from typing import Annotated, Any, Union
+
+import numpy as np
+import pytest
+import websockets
+from openai.types.realtime import RealtimeClientEventParam
+from pydantic import ConfigDict, Field, TypeAdapter
+
+from bridge.record import EndReason
+from bridge.sim.analysis import active_segments, dominant_frequency, snr_db
+from bridge.sim.realtime_server import Mode, RealtimeSimulator, SimSession
+from bridge.sim.signals import fade, from_pcm16, silence, tone
+from tests.conftest import RunningBridge
+
+RATE_IN = 8000
+RATE_MODEL = 24000
+
+
+def _discriminated(alias: Any) -> Any:
+    if typing.get_origin(alias) is Annotated:
+        alias = typing.get_args(alias)[0]
+    return Annotated[Union[typing.get_args(alias)], Field(discriminator="type")]  # noqa: UP007
+
+
+GA_CLIENT_STRICT: TypeAdapter[Any] = TypeAdapter(
+    _discriminated(RealtimeClientEventParam), config=ConfigDict(extra="forbid")
+)
+
+
+def assert_ga_events(session: SimSession) -> None:
+    """Everything the bridge sent upstream is a valid GA client event."""
+    assert session.received, "the bridge sent nothing upstream"
+    for _, event in session.received:
+        GA_CLIENT_STRICT.validate_python(event)
+    assert "openai-beta" not in session.headers
+
+
+def errors_sent(session: SimSession) -> list[dict[str, Any]]:
+    return [event["error"] for event in session.events_sent("error")]
+
+
+def span(x: np.ndarray, rate: int, level: float = 0.2) -> tuple[float, float]:
+    """Sample-precise (start, end) in seconds of where |x| exceeds `level`."""
+    loud = np.flatnonzero(np.abs(x) > level)
+    assert loud.size, "no audio above the level"
+    return loud[0] / rate, (loud[-1] + 1) / rate
+
+
+def utterance(seconds: float = 0.6, freq: float = 440.0) -> np.ndarray:
+    """Something the simulator's VAD hears as speech, followed by enough silence to end the turn."""
+    return np.concatenate([tone(freq, seconds, RATE_IN, 0.4), silence(0.8, RATE_IN)])
+
+
+async def test_caller_audio_reaches_the_model_as_clean_24k_pcm(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.replies = ("Okay.",)
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(
+            np.concatenate([tone(440, 1.0, RATE_IN, 0.5), silence(0.3, RATE_IN)])
+        )
+        await caller.hangup()
+    await asyncio.wait_for(session.closed.wait(), 2)
+    received = from_pcm16(bytes(session.input_audio))
+    assert len(active_segments(received, RATE_MODEL, threshold_db=-30)) == 1
+    start, end = span(received, RATE_MODEL)
+    assert abs((end - start) - 1.0) <= 0.02  # within one frame
+    tone_part = received[int(start * RATE_MODEL) + 240 : int(end * RATE_MODEL) - 240]
+    assert abs(dominant_frequency(tone_part, RATE_MODEL) - 440) < 2
+    reference = tone(440, len(tone_part) / RATE_MODEL + 0.1, RATE_MODEL, 0.5)
+    snr = snr_db(tone_part, reference[: len(tone_part)], max_lag=RATE_MODEL // 440 + 2)
+    assert snr >= 30, f"SNR {snr:.1f} dB"
+    assert_ga_events(session)
+
+
+async def test_reply_reaches_the_caller_with_duration_and_pitch(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.reply_audio = lambda turn: tone(1000, 1.0, RATE_MODEL, 0.5)
+    async with bridge.call() as caller:
+        caller.say(utterance())
+        await caller.wait_for_playback(0.9, timeout=10)
+        await caller.wait_until_quiet(0.3, timeout=10)
+        await caller.hangup()
+    heard = caller.heard()
+    assert len(active_segments(heard, RATE_IN, threshold_db=-30)) == 1
+    start, end = span(heard, RATE_IN)
+    assert abs((end - start) - 1.0) <= 0.02
+    assert (
+        abs(dominant_frequency(heard[int(start * RATE_IN) : int(end * RATE_IN)], RATE_IN) - 1000)
+        < 3
+    )
+    assert caller.underruns == 0
+    assert not caller.protocol_errors
+
+
+async def test_reply_above_telephone_band_is_attenuated_not_folded(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    # Faded in and out: a hard-switched tone has real energy below 4 kHz (its on/off clicks).
+    reply = fade(tone(5000, 1.0, RATE_MODEL, 0.5), RATE_MODEL, 0.01)
+    simulator.config.reply_audio = lambda turn: reply
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(utterance())
+        await session.wait_for_sent("response.done", timeout=10)
+        await asyncio.sleep(1.5)  # the reply's airtime
+        await caller.hangup()
+    heard = caller.heard()
+    reply_energy = float(np.sum(reply.astype(np.float64) ** 2))
+    heard_energy = float(np.sum(heard.astype(np.float64) ** 2)) + 1e-12
+    attenuation = 10 * np.log10(reply_energy / heard_energy)
+    assert attenuation >= 60, f"5 kHz only {attenuation:.1f} dB down (folded to 3 kHz?)"
+
+
+@pytest.mark.parametrize("speedup", [5.0, 1.0], ids=["response-done", "response-active"])
+async def test_barge_in(
+    bridge: RunningBridge, simulator: RealtimeSimulator, speedup: float
+) -> None:
+    simulator.config.speedup = speedup
+    simulator.config.late_deltas_after_cancel = 3
+    simulator.config.reply_audio = lambda turn: tone(
+        600 if turn == 0 else 800, 3.0, RATE_MODEL, 0.4
+    )
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(utterance())
+        await caller.wait_for_playback(1.0, timeout=10)
+        caller.say(utterance(0.5, freq=300))
+        await session.wait_for_sent("input_audio_buffer.speech_started", count=2, timeout=5)
+        truncate = await session.wait_for_received("conversation.item.truncate", timeout=5)
+        await caller.wait_for_playback(1.0, timeout=10)  # the next turn plays
+        await caller.hangup()
+    record = await bridge.finished(caller.call_sid)
+
+    started_at = [t for t, e in session.sent if e["type"] == "input_audio_buffer.speech_started"][1]
+    assert caller.clears, "no clear reached the caller"
+    clear_latency = caller.clears[0] - started_at
+    assert 0 <= clear_latency <= 0.020, f"clear took {clear_latency * 1000:.1f} ms"
+
+    item_id = truncate["item_id"]
+    played_bytes = sum(n for name, n in caller.played_per_mark.items() if name.startswith(item_id))
+    played_ms = played_bytes / 8
+    assert abs(truncate["audio_end_ms"] - played_ms) <= 40, (truncate["audio_end_ms"], played_ms)
+
+    late = [
+        e["mark"]["name"]
+        for e in caller.received_after(caller.clears[0])
+        if e.get("event") == "mark" and e["mark"]["name"].startswith(item_id)
+    ]
+    assert not late, "audio of the interrupted item reached the caller after the clear"
+
+    cancels = session.events_received("response.cancel")
+    assert len(cancels) == (1 if speedup == 1.0 else 0)
+    codes = {error.get("code") for error in errors_sent(session)}
+    messages = " ".join(str(error.get("message")) for error in errors_sent(session))
+    assert "response_cancel_not_active" not in codes
+    assert "already shorter" not in messages
+    assert record.barge_ins == 1
+    interrupted = [turn for turn in record.turns if turn.interrupted]
+    assert [turn.item_id for turn in interrupted] == [item_id]
+    assert interrupted[0].heard_ms == truncate["audio_end_ms"]
+    assert_ga_events(session)
+
+
+async def test_sticky_text_is_recovered_by_asking_again(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.mode = Mode.STICKY_TEXT
+    simulator.config.replies = ("Sure, we open at nine tomorrow.", "Anything else?")
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(utterance())
+        await caller.wait_for_playback(1.0, timeout=15)
+        await caller.wait_until_quiet(0.5, timeout=15)
+        await caller.hangup()
+    record = await bridge.finished(caller.call_sid)
+    assert record.text_only_recoveries == 1
+    assert [e.detail["recovery"] for e in record.events if e.kind == "text_only_recovery"] == [
+        "reask"
+    ]
+    deleted = session.events_received("conversation.item.delete")
+    assert len(deleted) == 1
+    reask = session.events_received("response.create")[-1]
+    assert reask["response"]["output_modalities"] == ["audio"]
+    assert "Sure, we open at nine tomorrow." in reask["response"]["instructions"]
+    assert not simulator.speech_requests
+    assert sum(e - s for s, e in active_segments(caller.heard(), RATE_IN)) >= 1.0
+    assert_ga_events(session)
+
+
+async def test_never_audio_falls_back_to_speech_endpoint(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.mode = Mode.ALWAYS_TEXT
+    simulator.config.replies = ("We open at nine.",)
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(utterance())
+        await caller.wait_for_playback(0.5, timeout=15)
+        await caller.wait_until_quiet(0.5, timeout=15)
+        await caller.hangup()
+    record = await bridge.finished(caller.call_sid)
+    recoveries = [e.detail["recovery"] for e in record.events if e.kind == "text_only_recovery"]
+    assert recoveries == ["reask", "tts"]
+    assert len(simulator.speech_requests) == 1
+    assert "We open at nine." in simulator.speech_requests[0]["input"]
+    assert sum(e - s for s, e in active_segments(caller.heard(), RATE_IN)) >= 0.5
+    assert [turn.source for turn in record.turns if turn.role == "assistant"] == ["tts"]
+    assert_ga_events(session)
+
+
+async def test_stop_closes_the_realtime_session_within_a_second(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        hung_up = loop.time()
+        await caller.hangup()
+    await asyncio.wait_for(session.closed.wait(), 1.0)
+    assert loop.time() - hung_up < 1.0
+    record = await bridge.finished(caller.call_sid)
+    assert record.end_reason is EndReason.CALLER_HANGUP
+    assert record.frames_in > 0
+
+
+async def _raw_start(ws: websockets.ClientConnection, call_sid: str) -> None:
+    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    start = {
+        "streamSid": "MZ" + call_sid[2:],
+        "accountSid": "AC1",
+        "callSid": call_sid,
+        "tracks": ["inbound"],
+        "customParameters": {"From": "+15550100009", "To": "+15550100000"},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "start": start}))
+
+
+def _media(payload: bytes) -> str:
+    encoded = base64.b64encode(payload).decode()
+    return json.dumps({"event": "media", "media": {"payload": encoded, "timestamp": "0"}})
+
+
+async def test_socket_dropped_without_stop_closes_upstream(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    url = bridge.base.replace("http", "ws") + "/twilio/media"
+    async with websockets.connect(url) as ws:
+        await _raw_start(ws, "CA" + "1" * 32)
+        session = await simulator.wait_for_session()
+        for _ in range(5):
+            await ws.send(_media(b"\xff" * 160))
+    await asyncio.wait_for(session.closed.wait(), 1.0)
+    record = await bridge.finished("CA" + "1" * 32)
+    assert record.end_reason is EndReason.CALLER_DISCONNECTED
+
+
+async def test_upstream_drop_ends_the_call_cleanly(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.mode = Mode.DROP_MID_RESPONSE
+    async with bridge.call() as caller:
+        caller.say(utterance())
+        await caller.wait_closed(timeout=10)
+    record = await bridge.finished(caller.call_sid)
+    assert record.end_reason is EndReason.UPSTREAM_CLOSED
+    assert caller.close_code == 1011
+    assert caller.close_reason == "upstream_closed"
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (Mode.REJECT_CONNECT, EndReason.UPSTREAM_REJECTED),
+        (Mode.ERROR_ON_CONNECT, EndReason.UPSTREAM_ERROR),
+    ],
+)
+async def test_upstream_refusal_ends_the_call_with_a_reason(
+    bridge: RunningBridge, simulator: RealtimeSimulator, mode: Mode, reason: EndReason
+) -> None:
+    simulator.config.mode = mode
+    async with bridge.call() as caller:
+        await caller.wait_closed(timeout=10)
+    record = await bridge.finished(caller.call_sid)
+    assert record.end_reason is reason
+    assert caller.close_code == 1011
+
+
+async def test_malformed_input_spares_the_other_call(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    simulator.config.reply_audio = lambda turn: tone(1000, 1.0, RATE_MODEL, 0.5)
+    url = bridge.base.replace("http", "ws") + "/twilio/media"
+    bad_sid = "CA" + "2" * 32
+    async with bridge.call() as good, websockets.connect(url) as bad:
+        await bad.send(_media(b"\xff" * 160))  # media before start
+        await _raw_start(bad, bad_sid)
+        for junk in (
+            "{not json",
+            '{"event": "bogus"}',
+            '{"event": "media", "media": {"payload": "@@@"}}',
+            _media(b"\x00" * 20000),
+            json.dumps({"event": "mark"}),
+        ):
+            await bad.send(junk)
+        await bad.send(b"\x00\x01binary")
+        good.say(utterance())
+        await good.wait_for_playback(0.9, timeout=10)
+        await bad.send(_media(b"\xff" * 160))  # the bad caller's call is still up
+        await bad.send(json.dumps({"event": "stop", "stop": {}}))
+        await good.hangup()
+    good_record = await bridge.finished(good.call_sid)
+    bad_record = await bridge.finished(bad_sid)
+    assert good_record.end_reason is EndReason.CALLER_HANGUP
+    assert bad_record.end_reason is EndReason.CALLER_HANGUP
+    assert bad_record.protocol_errors == 7
+    assert bad_record.frames_in == 1
+
+
+async def test_fifty_sequential_calls_leave_nothing_behind(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    url = bridge.base.replace("http", "ws") + "/twilio/media"
+    baseline = len(asyncio.all_tasks())
+    for n in range(50):
+        sid = f"CA{n:032d}"
+        async with websockets.connect(url) as ws:
+            await _raw_start(ws, sid)
+            for _ in range(3):
+                await ws.send(_media(b"\xff" * 160))
+            await ws.send(json.dumps({"event": "stop", "stop": {}}))
+            await ws.wait_closed()
+        await bridge.finished(sid)
+    async with asyncio.timeout(5):
+        for session in simulator.sessions:
+            await session.closed.wait()
+    await asyncio.sleep(0.1)
+    assert len(simulator.sessions) == 50
+    assert not bridge.state.live_calls
+    assert len(asyncio.all_tasks()) <= baseline
+    assert all(r.end_reason is EndReason.CALLER_HANGUP for r in bridge.recorder.finished)

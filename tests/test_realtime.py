@@ -1,0 +1,149 @@
+"""Realtime events: what we send validates against the official GA types; what we read parses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import typing
+from typing import Annotated, Any, Union
+
+import pytest
+from openai.types.realtime import RealtimeClientEventParam
+from pydantic import ConfigDict, Field, TypeAdapter
+
+from bridge import realtime
+from bridge.errors import ProtocolViolation
+from bridge.profiles import Profile, TurnDetection
+from bridge.settings import AudioMode
+
+
+def _discriminated(alias: Any) -> Any:
+    if typing.get_origin(alias) is Annotated:
+        alias = typing.get_args(alias)[0]
+    return Annotated[Union[typing.get_args(alias)], Field(discriminator="type")]  # noqa: UP007
+
+
+# Strict: unknown keys (for example the beta `modalities`) are errors.
+GA_CLIENT_STRICT: TypeAdapter[Any] = TypeAdapter(
+    _discriminated(RealtimeClientEventParam), config=ConfigDict(extra="forbid")
+)
+
+
+def validate_client_event(event: dict[str, Any]) -> None:
+    GA_CLIENT_STRICT.validate_python(event)
+
+
+PROFILE = Profile(
+    name="t",
+    instructions="Be brief.",
+    voice="marin",
+    model="gpt-realtime",
+    turn_detection=TurnDetection(threshold=0.6, prefix_padding_ms=200, silence_duration_ms=400),
+)
+
+
+@pytest.mark.parametrize("mode", list(AudioMode))
+def test_session_update_is_ga_and_audio_only(mode: AudioMode) -> None:
+    import dataclasses
+
+    event = realtime.session_update(dataclasses.replace(PROFILE, audio_mode=mode))
+    validate_client_event(event)
+    session = event["session"]
+    assert session["type"] == "realtime"
+    assert session["output_modalities"] == ["audio"]
+    expected = (
+        {"type": "audio/pcmu"} if mode is AudioMode.PCMU else {"type": "audio/pcm", "rate": 24000}
+    )
+    assert session["audio"]["input"]["format"] == expected
+    assert session["audio"]["output"]["format"] == expected
+    vad = session["audio"]["input"]["turn_detection"]
+    assert (vad["threshold"], vad["prefix_padding_ms"], vad["silence_duration_ms"]) == (
+        0.6,
+        200,
+        400,
+    )
+    assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+
+
+def test_every_client_builder_validates() -> None:
+    events = [
+        realtime.response_create(),
+        realtime.response_create("Say hi", event_id="e1"),
+        realtime.response_cancel(event_id="e2"),
+        realtime.item_truncate("item_1", 1234, event_id="e3"),
+        realtime.item_delete("item_1"),
+        json.loads(realtime.input_audio_append(b"\x00\x01" * 10)),
+    ]
+    for event in events:
+        validate_client_event(event)
+    assert realtime.response_create()["response"]["output_modalities"] == ["audio"]
+    assert realtime.item_truncate("i", -5)["audio_end_ms"] == 0
+
+
+def test_strict_validation_rejects_beta_shape() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        validate_client_event(
+            {"type": "session.update", "session": {"type": "realtime", "modalities": ["audio"]}}
+        )
+
+
+def test_audio_delta_ga_and_beta_names() -> None:
+    audio = base64.b64encode(b"\x01\x00\x02\x00").decode()
+    for name in ("response.output_audio.delta", "response.audio.delta"):
+        event = realtime.parse_server_event(
+            json.dumps({"type": name, "item_id": "i1", "response_id": "r1", "delta": audio})
+        )
+        assert event == realtime.AudioDelta(
+            item_id="i1", response_id="r1", audio=b"\x01\x00\x02\x00"
+        )
+
+
+def test_response_done_reports_content_types() -> None:
+    text = json.dumps(
+        {
+            "type": "response.done",
+            "response": {
+                "id": "r1",
+                "status": "completed",
+                "output": [
+                    {
+                        "id": "i1",
+                        "type": "message",
+                        "content": [{"type": "output_text", "text": "hello"}],
+                    }
+                ],
+                "usage": {"total_tokens": 7, "output_token_details": {"audio_tokens": 3}},
+            },
+        }
+    )
+    done = realtime.parse_server_event(text)
+    assert isinstance(done, realtime.ResponseDone)
+    assert done.output[0].text == "hello"
+    assert not done.output[0].has_audio
+    assert done.usage["total_tokens"] == 7
+
+
+def test_errors_and_unknown_events() -> None:
+    error = realtime.parse_server_event(
+        json.dumps(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "session_expired",
+                    "message": "m",
+                },
+            }
+        )
+    )
+    assert isinstance(error, realtime.ServerError)
+    assert error.fatal
+    assert realtime.parse_server_event('{"type": "rate_limits.updated"}') == realtime.Other(
+        "rate_limits.updated"
+    )
+    with pytest.raises(ProtocolViolation):
+        realtime.parse_server_event("not json")
+    with pytest.raises(ProtocolViolation):
+        realtime.parse_server_event('{"type": "response.output_audio.delta"}')
