@@ -98,6 +98,7 @@ class Call:
         self._recent_creates: dict[str, dict[str, Any]] = {}
         self._guarantee = SpeechGuarantee()
         self._turns: dict[str, Turn] = {}
+        self._caller_stopped_at: float | None = None  # for the response latency of the next reply
         self._event_ids = itertools.count(1)
         self._tts_ids = itertools.count(1)
 
@@ -174,6 +175,8 @@ class Call:
         record.from_number = params.get("From", "")
         record.to_number = params.get("To", "")
         record.profile, record.model, record.voice = profile.name, profile.model, profile.voice
+        record.direction = params.get("Direction", "inbound") or "inbound"
+        record.keep_transcripts = profile.keep_transcripts
         call_sid_var.set(start.call_sid)
         self._services.recorder.call_started(record)
         logger.info(
@@ -248,6 +251,7 @@ class Call:
                 turn = self._turns.get(item_id) if item_id is not None else None
                 if turn is not None and not turn.interrupted:
                     turn.ended_at = self._now()  # played up to here
+                    self._turn_updated(turn)
             elif isinstance(message, twilio.Stop):
                 raise CallEnded(EndReason.CALLER_HANGUP)
             elif isinstance(message, twilio.Dtmf):
@@ -302,18 +306,22 @@ class Call:
             turn = self._turns.get(event.item_id)
             if turn is not None and event.item_id not in self._dropped_items:
                 turn.text += event.delta
+                self._turn_updated(turn)
         elif isinstance(event, realtime.SpeechStarted):
             await self._barge_in()
-            self._turns[event.item_id] = Turn("caller", event.item_id, self._now())
-            self.record.turns.append(self._turns[event.item_id])
+            self._caller_stopped_at = None
+            self._add_turn(Turn("caller", event.item_id, self._now()))
         elif isinstance(event, realtime.SpeechStopped):
+            self._caller_stopped_at = self._loop.time()
             turn = self._turns.get(event.item_id)
             if turn is not None:
                 turn.ended_at = self._now()
+                self._turn_updated(turn)
         elif isinstance(event, realtime.InputTranscript):
             turn = self._turns.get(event.item_id)
             if turn is not None:
                 turn.text = event.transcript
+                self._turn_updated(turn)
         elif isinstance(event, realtime.ResponseCreated):
             self._response_active = True
             self._response_id = event.response_id
@@ -331,8 +339,7 @@ class Call:
             if delta.item_id not in self._turns:
                 turn = Turn("assistant", delta.item_id, self._now())
                 turn.source = "reask" if self._guarantee.awaiting_reask else "model"
-                self._turns[delta.item_id] = turn
-                self.record.turns.append(turn)
+                self._add_turn(turn)
         if delta.response_id:
             self._audio_seen.add(delta.response_id)
         model_ms = len(delta.audio) / (8 if self._passthrough else 48)
@@ -347,7 +354,14 @@ class Call:
         """Send whole 20 ms frames followed by one mark that tells us when they were played."""
         writer = self._writer
         assert writer is not None
-        mark = self._playback.sent(item_id, len(ulaw), self._loop.time())
+        now = self._loop.time()
+        if self._caller_stopped_at is not None:
+            # First audio of the reply: Twilio's buffer is idle, so it plays as it arrives.
+            turn = self._turns.get(item_id)
+            if turn is not None and turn.latency_ms is None:
+                turn.latency_ms = round((now - self._caller_stopped_at) * 1000, 1)
+            self._caller_stopped_at = None
+        mark = self._playback.sent(item_id, len(ulaw), now)
         self.record.frames_out += len(ulaw) // audio.FRAME_BYTES
         await self._send_caller(writer.media(ulaw))
         await self._send_caller(writer.mark(mark))
@@ -386,6 +400,7 @@ class Call:
                 turn.interrupted = True
                 turn.heard_ms = cut.audio_end_ms
                 turn.ended_at = self._now()
+                self._turn_updated(turn)
             if cut.item_id.startswith("tts_"):
                 continue  # our own fallback speech: the model has no audio item to cut
             await self._send_model(
@@ -452,8 +467,7 @@ class Call:
         item_id = f"tts_{next(self._tts_ids)}"
         turn = Turn("assistant", item_id, self._now(), text=text, source="tts")
         turn.audio_ms = len(pcm) / 48
-        self._turns[item_id] = turn
-        self.record.turns.append(turn)
+        self._add_turn(turn)
         converter, framer = audio.ModelToCaller(), audio.Framer()
         ulaw = converter.convert(pcm) + converter.flush()
         self._playback.received(item_id, len(pcm) / 48)
@@ -515,6 +529,14 @@ class Call:
             raise CallEnded(EndReason.CALLER_DISCONNECTED, f"send failed: {exc!r}") from None
         except TimeoutError:
             raise CallEnded(EndReason.CALLER_DISCONNECTED, "Twilio stopped reading") from None
+
+    def _add_turn(self, turn: Turn) -> None:
+        self._turns[turn.item_id] = turn
+        self.record.turns.append(turn)
+        self._turn_updated(turn)
+
+    def _turn_updated(self, turn: Turn) -> None:
+        self._services.recorder.turn_updated(self.record, turn)
 
     def _event(self, kind: str, **detail: Any) -> None:
         event = CallEvent(at=self._now(), kind=kind, detail=detail)

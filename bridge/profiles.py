@@ -32,6 +32,7 @@ class Profile:
     transcription_model: str = "gpt-4o-mini-transcribe"
     audio_mode: AudioMode = AudioMode.TRANSCODE
     max_call_seconds: float = 3600.0
+    keep_transcripts: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "default") -> Profile:

@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Turn:
     interrupted: bool = False
     heard_ms: int | None = None  # assistant turns: audio the caller heard (None: all of it)
     audio_ms: float = 0.0  # assistant turns: audio the model produced
+    latency_ms: float | None = None  # assistant turns: caller stopped speaking -> audio playing
     source: str = "model"  # assistant turns: "model", "reask" or "tts"
 
 
@@ -59,6 +61,8 @@ class CallRecord:
     from_number: str = ""
     to_number: str = ""
     profile: str = ""
+    direction: str = "inbound"
+    keep_transcripts: bool = True  # the profile's privacy switch; the store honours it
     model: str = ""
     voice: str = ""
     started_at: float = dataclasses.field(default_factory=time.time)  # wall clock, epoch seconds
@@ -92,13 +96,20 @@ class CallRecord:
 
 
 class Recorder(Protocol):
-    """Where call records go. Implementations must not block the audio path."""
+    """Where call records go. Every method is called on the event loop and must return at once:
+    implementations queue work, they never block or await on the audio path."""
 
     def call_started(self, record: CallRecord) -> None: ...
 
     def call_event(self, record: CallRecord, event: CallEvent) -> None: ...
 
+    def turn_updated(self, record: CallRecord, turn: Turn) -> None:
+        """A turn began, its text grew, or it ended (live transcript)."""
+
     def call_ended(self, record: CallRecord) -> None: ...
+
+    def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
+        """A Twilio status callback (call status, or a stream event) for `call_sid`."""
 
 
 class MemoryRecorder:
@@ -108,12 +119,19 @@ class MemoryRecorder:
         self.keep = keep
         self.live: dict[str, CallRecord] = {}
         self.finished: list[CallRecord] = []
+        self.statuses: list[tuple[str, str, dict[str, str]]] = []
 
     def call_started(self, record: CallRecord) -> None:
         self.live[record.call_sid] = record
 
     def call_event(self, record: CallRecord, event: CallEvent) -> None:
         logger.debug("call event %s %s", event.kind, event.detail)
+
+    def turn_updated(self, record: CallRecord, turn: Turn) -> None:
+        pass
+
+    def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
+        self.statuses.append((call_sid, status, dict(params)))
 
     def call_ended(self, record: CallRecord) -> None:
         self.live.pop(record.call_sid, None)

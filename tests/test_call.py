@@ -101,6 +101,11 @@ async def test_reply_reaches_the_caller_with_duration_and_pitch(
     )
     assert caller.underruns == 0
     assert not caller.protocol_errors
+    record = await bridge.finished(caller.call_sid)
+    (reply,) = [turn for turn in record.turns if turn.role == "assistant"]
+    assert reply.latency_ms is not None
+    assert 0 < reply.latency_ms < 2000
+    assert reply.audio_ms == pytest.approx(1000, abs=1)
 
 
 async def test_reply_above_telephone_band_is_attenuated_not_folded(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.audio import ulaw_to_pcm16
 from bridge.sim import signals
 
 __all__ = [
@@ -60,7 +61,7 @@ class InputDecoder:
                 self.pcm24 += pcm
             return pcm, rate
         if kind == "audio/pcmu":
-            pcm = audioop.ulaw2lin(raw, 2)
+            pcm = ulaw_to_pcm16(raw)
             if self.record:
                 self.ulaw += raw
         else:
