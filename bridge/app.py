@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from bridge import twilio
@@ -105,14 +105,19 @@ def create_app(
     *,
     recorder: Recorder | None = None,
     profile_for: Callable[[twilio.Start], Profile] | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """Build the application; `app.state.bridge` exposes the shared state (tests, CLI)."""
+    """Build the application; `app.state.bridge` exposes the shared state (tests, CLI).
+
+    `routes` are mounted beside the Twilio routes (the call log's API and dashboard).
+    """
     bridge = Bridge(settings, recorder=recorder, profile_for=profile_for)
     app = Starlette(
         routes=[
             Route("/twilio/voice", bridge.voice, methods=["POST"]),
             WebSocketRoute(twilio.MEDIA_PATH, bridge.media),
             Route("/healthz", bridge.healthz, methods=["GET"]),
+            *routes,
         ],
         lifespan=bridge.lifespan,
     )

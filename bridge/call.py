@@ -162,7 +162,11 @@ class Call:
             raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
 
     def _begin(self, start: twilio.Start) -> None:
-        profile = self._services.profile_for(start)
+        try:
+            profile = self._services.profile_for(start)
+        except ProtocolViolation as exc:
+            # An unsigned or forged stream: refuse before any Realtime session is opened.
+            raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
         self._profile = profile
         self._passthrough = profile.audio_mode is AudioMode.PCMU
         if self._passthrough:

@@ -1,13 +1,27 @@
-"""Command line: `bridge serve`, `bridge demo`, `bridge bench audio`."""
+"""Command line: `bridge serve | demo | bench | calls | db | numbers | twilio`.
+
+Each command group lives beside the code it drives; this module only dispatches, importing a
+group's module when it runs, so `bridge serve` never loads the benchmark or the dashboard.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 
 from bridge.errors import ConfigError
+
+# command -> (module with `main(argv: list[str]) -> int`, help)
+DELEGATED: dict[str, tuple[str, str]] = {
+    "bench": ("bridge.bench.cli", "capacity/latency benchmark; `bench audio`: transcoder"),
+    "calls": ("bridge.store.cli", "call log: list, show, tail, export, prune"),
+    "db": ("bridge.store.dbcli", "database: upgrade (apply migrations)"),
+    "numbers": ("bridge.numbers_cli", "per-number profiles: list, check, reload"),
+    "twilio": ("bridge.twilio_cli", "Twilio REST: attach a number, place an outbound call"),
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,32 +32,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_environ()
+        if args.numbers:
+            settings = settings.model_copy(update={"numbers_file": args.numbers})
     except ConfigError as exc:
-        print("bridge: configuration error:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
     logs.configure(settings.log_level, settings.log_format)
     import uvicorn
 
-    config = uvicorn_config(create_app(settings), args.host, args.port, log_level="info")
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        return _config_error(exc)
+    config = uvicorn_config(app, args.host, args.port, log_level="info")
     uvicorn.Server(config).run()
     return 0
+
+
+def _config_error(exc: ConfigError) -> int:
+    print("bridge: configuration error:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
     return asyncio.run(run_demo(args.wav, verbose=args.verbose))
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from bridge import bench_audio
-
-    if args.what == "audio":
-        return bench_audio.main()
-    print(f"bridge bench: unknown benchmark {args.what!r}", file=sys.stderr)
-    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the bridge server")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--numbers", help="per-number profiles file (default: $BRIDGE_NUMBERS)")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="one complete simulated call, offline")
@@ -62,15 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="show the bridge's log lines")
     demo.set_defaults(handler=_demo)
 
-    bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["audio"], help="audio: transcoder microbenchmark")
-    bench.set_defaults(handler=_bench)
+    for name, (_, summary) in DELEGATED.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[arguments[0]][0])
+        code: int = module.main(arguments[1:])
+        return code
+    args = build_parser().parse_args(arguments)
+    code = args.handler(args)
     return code
 
 

@@ -50,6 +50,17 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_CONNECT_TIMEOUT": "connect_timeout",
     "BRIDGE_LOG_FORMAT": "log_format",
     "BRIDGE_LOG_LEVEL": "log_level",
+    "BRIDGE_ENV": "environment",
+    "BRIDGE_NUMBERS": "numbers_file",
+    "BRIDGE_TRUST_FORWARDED": "trust_forwarded",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_API_KEY": "twilio_api_key",
+    "TWILIO_API_SECRET": "twilio_api_secret",
+    "BRIDGE_ADMIN_TOKEN": "admin_token",
+    "BRIDGE_DATABASE_URL": "database_url",
+    "BRIDGE_DRAIN_SECONDS": "drain_seconds",
+    "BRIDGE_METRICS_PORT": "metrics_port",
 }
 
 
@@ -76,6 +87,17 @@ class Settings(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0, le=120)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    environment: Literal["development", "production"] = "development"
+    numbers_file: str | None = None  # per-number profiles (TOML); default config/numbers.toml
+    trust_forwarded: bool = False  # believe X-Forwarded-Proto/Host from a reverse proxy
+    twilio_auth_token: SecretStr | None = None
+    twilio_account_sid: str | None = None
+    twilio_api_key: str | None = None
+    twilio_api_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None  # protects the dashboard, API and metrics
+    database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
+    drain_seconds: float = Field(default=300.0, ge=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("openai_api_key")
     @classmethod

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from bridge import audio, bench_audio
+from bridge import audio
 from bridge.audio import (
     FILTER_TAPS,
     FRAME_BYTES,
@@ -20,6 +20,7 @@ from bridge.audio import (
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
+from bridge.bench import audio as bench_audio
 from bridge.sim.analysis import band_energy_db, dominant_frequency, rms_db, snr_db
 from bridge.sim.signals import fade, from_pcm16, from_ulaw, to_pcm16, to_ulaw, tone
 

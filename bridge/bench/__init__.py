@@ -1,0 +1,1 @@
+"""Benchmarks: `bridge bench audio` (transcoder) and the call capacity/latency benchmark."""
