@@ -87,6 +87,14 @@ class Playback:
         self._last_echo_at = now
         return chunk.item_id
 
+    def remaining_seconds(self, now: float) -> float:
+        """How long Twilio will still be playing what we sent (0 when idle)."""
+        last_through: dict[str, int] = {}
+        for chunk in self._pending:
+            last_through[chunk.item_id] = chunk.through
+        left = sum(through - self.heard_bytes(item, now) for item, through in last_through.items())
+        return max(0, left) / (BYTES_PER_MS * 1000)
+
     def heard_bytes(self, item_id: str, now: float) -> int:
         """Bytes of `item_id` the caller has heard by `now`: echoed, plus elapsed play time."""
         heard = self._heard.get(item_id, 0)

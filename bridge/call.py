@@ -39,6 +39,7 @@ SEND_TIMEOUT = 5.0  # a peer that cannot take a frame for this long is gone
 FINALISE_TIMEOUT = 2.0
 MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # one second of fallback speech per media message
+GOODBYE_TIMEOUT = 15.0  # a shutdown goodbye is short; never hold the drain longer than this
 
 # Twilio closes the call's <Connect> when we close the socket; the code tells our logs why.
 CLOSE_CODES = {
@@ -99,6 +100,9 @@ class Call:
         self._guarantee = SpeechGuarantee()
         self._turns: dict[str, Turn] = {}
         self._caller_stopped_at: float | None = None  # for the response latency of the next reply
+        self._response_finished = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._goodbye = ""
         self._event_ids = itertools.count(1)
         self._tts_ids = itertools.count(1)
 
@@ -126,6 +130,7 @@ class Call:
                     tg.create_task(self._caller_to_model(), name="caller_to_model")
                     tg.create_task(self._model_to_caller(), name="model_to_caller")
                     tg.create_task(self._deadline(profile.max_call_seconds), name="deadline")
+                    tg.create_task(self._watch_shutdown(), name="shutdown")
         except* CallEnded as group:
             ended = group.exceptions[0]
             assert isinstance(ended, CallEnded)
@@ -227,6 +232,28 @@ class Call:
         code = CLOSE_CODES.get(reason, 1011)
         with contextlib.suppress(Exception):
             await self._ws.close(code=code, reason=f"{reason}"[:120])
+
+    def shutdown(self, goodbye: str = "") -> None:
+        """End the call for a server shutdown, after saying `goodbye` if there is one."""
+        self._goodbye = goodbye
+        self._shutdown.set()
+
+    async def _watch_shutdown(self) -> None:
+        await self._shutdown.wait()
+        profile = self._profile
+        if self._goodbye and profile is not None:
+            try:
+                async with asyncio.timeout(GOODBYE_TIMEOUT):
+                    await self._barge_in()  # stop whatever is playing; the goodbye comes next
+                    self._response_finished.clear()
+                    await self._request_response(
+                        realtime.say_exactly(profile.instructions, self._goodbye)
+                    )
+                    await self._response_finished.wait()
+                    await asyncio.sleep(self._playback.remaining_seconds(self._loop.time()))
+            except TimeoutError:
+                logger.warning("goodbye did not finish in %.0fs", GOODBYE_TIMEOUT)
+        raise CallEnded(EndReason.SERVER_SHUTDOWN, "the server is shutting down")
 
     async def _deadline(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -423,6 +450,7 @@ class Call:
             )
 
     async def _on_response_done(self, done: realtime.ResponseDone) -> None:
+        self._response_finished.set()
         self._response_active = False
         self._response_id = None
         if done.response_id not in self._dropped_responses:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -28,6 +30,39 @@ def uvicorn_config(
         proxy_headers=False,
         server_header=False,
     )
+
+
+class BridgeServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM/SIGINT drains calls before the server exits.
+
+    `on_drain` runs the drain (a coroutine function); a second signal exits at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is not None or self._loop is None:
+            self.should_exit = self.force_exit = True  # second signal: stop now
+            return
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._on_drain()
+        finally:
+            self.should_exit = True
 
 
 class EmbeddedServer(uvicorn.Server):

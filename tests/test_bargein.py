@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.bargein import Playback, Truncation
 
 
@@ -71,3 +73,13 @@ def test_underrun_restarts_the_clock_at_send_time() -> None:
     playback.echoed(mark, now=0.1)  # buffer drained at 0.1
     playback.sent("a", 800, now=0.5)  # next chunk only arrives at 0.5
     assert playback.heard_ms("a", now=0.55) == 150
+
+
+def test_remaining_playback_time() -> None:
+    playback = Playback()
+    assert playback.remaining_seconds(0.0) == 0.0
+    playback.received("a", 1000.0)
+    playback.received("b", 1000.0)
+    playback.sent("a", 800, now=0.0)  # 100 ms
+    playback.sent("b", 1600, now=0.0)  # 200 ms, queued behind a
+    assert playback.remaining_seconds(0.04) == pytest.approx(0.26)
