@@ -14,11 +14,14 @@ import websockets
 from openai.types.realtime import RealtimeClientEventParam
 from pydantic import ConfigDict, Field, TypeAdapter
 
-from bridge.record import EndReason
+from bridge.app import create_app
+from bridge.record import EndReason, MemoryRecorder
+from bridge.server import serving
+from bridge.settings import AudioMode
 from bridge.sim.analysis import active_segments, dominant_frequency, snr_db
 from bridge.sim.realtime_server import Mode, RealtimeSimulator, SimSession
-from bridge.sim.signals import fade, from_pcm16, silence, tone
-from tests.conftest import RunningBridge
+from bridge.sim.signals import fade, from_pcm16, silence, to_ulaw, tone
+from tests.conftest import RunningBridge, make_settings
 
 RATE_IN = 8000
 RATE_MODEL = 24000
@@ -356,3 +359,33 @@ async def test_fifty_sequential_calls_leave_nothing_behind(
     assert not bridge.state.live_calls
     assert len(asyncio.all_tasks()) <= baseline
     assert all(r.end_reason is EndReason.CALLER_HANGUP for r in bridge.recorder.finished)
+
+
+async def test_pcmu_passthrough_forwards_audio_untouched(simulator: RealtimeSimulator) -> None:
+    simulator.config.reply_audio = lambda turn: tone(1000, 1.0, RATE_MODEL, 0.5)
+    settings = make_settings(simulator, audio_mode=AudioMode.PCMU)
+    recorder = MemoryRecorder()
+    app = create_app(settings, recorder=recorder)
+    async with serving(app) as base:
+        running = RunningBridge(base, app, recorder, settings)
+        async with running.call() as caller:
+            session = await simulator.wait_for_session()
+            caller.say(utterance())
+            await caller.wait_for_playback(0.9, timeout=10)
+            await caller.wait_until_quiet(0.3, timeout=10)
+            await caller.hangup()
+        await asyncio.wait_for(session.closed.wait(), 2)
+    audio_format = session.events_received("session.update")[0]["session"]["audio"]
+    assert audio_format["input"]["format"] == {"type": "audio/pcmu"}
+    assert audio_format["output"]["format"] == {"type": "audio/pcmu"}
+    sent = caller.sent_audio()
+    mic = to_ulaw(sent[: len(session.input_ulaw)])
+    assert bytes(session.input_ulaw) == mic  # byte for byte: no transcoding on the way in
+    heard = caller.heard()
+    start, end = span(heard, RATE_IN)
+    assert abs((end - start) - 1.0) <= 0.02
+    assert (
+        abs(dominant_frequency(heard[int(start * RATE_IN) : int(end * RATE_IN)], RATE_IN) - 1000)
+        < 3
+    )
+    assert_ga_events(session)

@@ -1,0 +1,158 @@
+"""Graceful drain, for real: `bridge serve` in its own process, SIGTERM, live simulated calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from bridge.sim.realtime_server import RealtimeSimulator
+from bridge.sim.signals import silence, tone
+from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(
+    simulator: RealtimeSimulator, tmp_path: Path, **env_extra: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OPENAI_", "TWILIO_"))
+    }
+    env |= {
+        "OPENAI_API_KEY": "sim-key",
+        "BRIDGE_REALTIME_URL": simulator.url,
+        "BRIDGE_TTS_URL": f"{simulator.http_base}/v1/audio/speech",
+        "BRIDGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}",
+        "BRIDGE_NUMBERS": str(tmp_path / "no-numbers.toml"),
+        "BRIDGE_LOG_LEVEL": "WARNING",
+        **env_extra,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield process, base
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def dial(base: str, n: int) -> TwilioCaller:
+    call_sid = f"CA{n:032d}"
+    status, twiml = await fetch_twiml(
+        base, from_="+15550100001", to="+15550100000", call_sid=call_sid
+    )
+    assert status == 200
+    url, parameters = parse_stream(twiml)
+    return TwilioCaller(loopback_url(url, base), custom_parameters=parameters, call_sid=call_sid)
+
+
+def utterance() -> np.ndarray:
+    return np.concatenate([tone(440, 0.6, 8000, 0.4), silence(0.8, 8000)])
+
+
+async def test_sigterm_drains_live_calls_and_refuses_new_ones(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    simulator.config.reply_audio = lambda turn: tone(700, 0.8, 24000, 0.4)
+    async with bridge_process(simulator, tmp_path, BRIDGE_DRAIN_SECONDS="60") as (process, base):
+        callers = [await dial(base, n) for n in range(3)]
+        async with contextlib.AsyncExitStack() as stack:
+            for caller in callers:
+                await stack.enter_async_context(caller)
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            async with httpx.AsyncClient() as client:
+                for _ in range(100):  # readiness flips at once; allow 5 s on a loaded machine
+                    if (await client.get(f"{base}/readyz")).status_code == 503:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    pytest.fail("/readyz never reported draining")
+                refused = await client.post(f"{base}/twilio/voice", data={"CallSid": "CAnew"})
+                assert refused.status_code == 503
+            with pytest.raises(InvalidStatus):
+                async with websockets.connect(base.replace("http", "ws") + "/twilio/media"):
+                    pass
+            # The calls that were up go on as if nothing happened.
+            for caller in callers:
+                caller.say(utterance())
+            for caller in callers:
+                await caller.wait_for_playback(0.7, timeout=15)
+            assert process.returncode is None
+            for caller in callers:
+                await caller.hangup()
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    assert all(caller.close_code in (1000, None) for caller in callers)
+
+
+async def test_drain_deadline_ends_remaining_calls_with_server_shutdown(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with bridge_process(
+        simulator,
+        tmp_path,
+        BRIDGE_DRAIN_SECONDS="1",
+        BRIDGE_GOODBYE="We are restarting, please call back. Goodbye!",
+    ) as (process, base):
+        callers = [await dial(base, n) for n in range(2)]
+        async with contextlib.AsyncExitStack() as stack:
+            for caller in callers:
+                await stack.enter_async_context(caller)
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            for caller in callers:
+                await caller.wait_closed(timeout=30)
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    for caller in callers:
+        assert caller.close_code == 1001
+        assert caller.close_reason == "server_shutdown"
+    # The goodbye was spoken before the stream closed.
+    goodbyes = [
+        s.events_received("response.create")
+        for s in simulator.sessions
+        if any(
+            "Goodbye" in e["response"].get("instructions", "")
+            for e in s.events_received("response.create")
+        )
+    ]
+    assert len(goodbyes) == 2
