@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from bridge import audio, realtime, twilio
+from bridge import audio, metrics, realtime, twilio
 from bridge.bargein import Playback
 from bridge.errors import ProtocolViolation, UpstreamRejected, UpstreamUnavailable
 from bridge.logs import call_sid_var, mask_number
@@ -110,6 +111,10 @@ class Call:
 
     async def run(self) -> CallRecord:
         """Serve the call to its end; never raises except CancelledError."""
+        with metrics.live_call():
+            return await self._run()
+
+    async def _run(self) -> CallRecord:
         reason, detail = EndReason.INTERNAL_ERROR, ""
         started = False
         try:
@@ -136,8 +141,10 @@ class Call:
             assert isinstance(ended, CallEnded)
             reason, detail = ended.reason, ended.detail
         except* UpstreamRejected as group:
+            metrics.realtime_error("rejected")
             reason, detail = EndReason.UPSTREAM_REJECTED, str(group.exceptions[0])
         except* UpstreamUnavailable as group:
+            metrics.realtime_error("unavailable")
             reason, detail = EndReason.UPSTREAM_UNAVAILABLE, str(group.exceptions[0])
         except* Exception as group:
             # The one log-and-contain boundary of a call: a bug here must not take others down.
@@ -209,6 +216,7 @@ class Call:
                 await self._close_caller(reason, detail)
         except TimeoutError:
             logger.warning("closing the Twilio socket timed out")
+        metrics.call_ended(reason, record.duration)
         if started:
             self._services.recorder.call_ended(record)
         logger.info(
@@ -263,6 +271,8 @@ class Call:
 
     async def _caller_to_model(self) -> None:
         convert = None if self._passthrough else self._to_model.convert
+        transcode = metrics.TRANSCODE_CALLER_TO_MODEL.call
+        latency = metrics.ADDED_LATENCY_CALLER_TO_MODEL
         record = self.record
         while True:
             text = await self._receive_text()
@@ -275,8 +285,14 @@ class Call:
                 continue
             if isinstance(message, twilio.Media):
                 record.frames_in += 1
-                payload = message.payload if convert is None else convert(message.payload)
+                timed = latency.due()
+                started = time.perf_counter() if timed else 0.0
+                payload = (
+                    message.payload if convert is None else transcode(convert, message.payload)
+                )
                 await self._send_model(realtime.input_audio_append(payload))
+                if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
+                    latency.record(time.perf_counter() - started)
             elif isinstance(message, twilio.Mark):
                 item_id = self._playback.echoed(message.name, self._loop.time())
                 turn = self._turns.get(item_id) if item_id is not None else None
@@ -306,6 +322,7 @@ class Call:
 
     def _protocol_error(self, detail: str) -> None:
         self.record.protocol_errors += 1
+        metrics.protocol_error("twilio")
         if self.record.protocol_errors <= 5:
             logger.warning("bad Twilio message: %s", detail)
             self._event("protocol_error", detail=detail)
@@ -322,6 +339,7 @@ class Call:
                 try:
                     event = realtime.parse_server_event(frame)
                 except ProtocolViolation as exc:
+                    metrics.protocol_error("realtime")
                     logger.warning("bad Realtime event: %s", exc.detail)
                     self._event("upstream_protocol_error", detail=exc.detail)
                     continue
@@ -376,10 +394,18 @@ class Call:
         model_ms = len(delta.audio) / (8 if self._passthrough else 48)
         self._playback.received(delta.item_id, model_ms)
         self._turns[delta.item_id].audio_ms += model_ms
-        ulaw = delta.audio if self._passthrough else self._to_caller.convert(delta.audio)
+        latency = metrics.ADDED_LATENCY_MODEL_TO_CALLER
+        timed = latency.due()
+        started = time.perf_counter() if timed else 0.0
+        if self._passthrough:
+            ulaw = delta.audio
+        else:
+            ulaw = metrics.TRANSCODE_MODEL_TO_CALLER.call(self._to_caller.convert, delta.audio)
         frames = self._framer.push(ulaw)
         if frames:
             await self._play(delta.item_id, b"".join(frames))
+        if timed:  # delta parsed -> its frames handed to Twilio (1 delta in SAMPLE_EVERY)
+            latency.record(time.perf_counter() - started)
 
     async def _play(self, item_id: str, ulaw: bytes) -> None:
         """Send whole 20 ms frames followed by one mark that tells us when they were played."""
@@ -413,6 +439,7 @@ class Call:
 
     async def _barge_in(self) -> None:
         """The caller started talking: stop the assistant where the caller stopped hearing it."""
+        started = time.perf_counter()
         now = self._loop.time()
         plan = self._playback.interrupt(
             now, response_active=self._response_active, current_item=self._current_item
@@ -421,6 +448,8 @@ class Call:
             writer = self._writer
             assert writer is not None
             await self._send_caller(writer.clear())  # first: every ms here is heard by the caller
+            if not self._shutdown.is_set():
+                metrics.barge_in(time.perf_counter() - started)
         self._to_caller.reset()
         self._framer.reset()
         self._current_item = None
@@ -472,6 +501,7 @@ class Call:
         profile = self._profile
         assert profile is not None
         self.record.text_only_recoveries += 1
+        metrics.text_only_recovery(recovery)
         logger.warning("reply came back without audio; recovering by %s", recovery)
         self._event("text_only_recovery", recovery=str(recovery), text=text[:200])
         if recovery is Recovery.GIVE_UP:
@@ -523,6 +553,7 @@ class Call:
             if create is not None:
                 self._queued_creates.append(create)  # send it after the running response
                 return
+        metrics.realtime_error("server_error")
         logger.warning("Realtime error %s: %s", error.code, error.message)
         self._event("upstream_error", code=error.code, message=error.message[:300])
         if error.fatal:
@@ -551,6 +582,7 @@ class Call:
         except ConnectionClosed as exc:
             raise _upstream_ended(exc) from None
         except TimeoutError:
+            metrics.realtime_error("timeout")
             raise CallEnded(EndReason.UPSTREAM_ERROR, "Realtime stopped reading") from None
 
     async def _send_caller(self, text: str) -> None:
@@ -595,5 +627,6 @@ def _upstream_ended(exc: ConnectionClosed) -> CallEnded:
     detail = f"code {received.code} {received.reason}".strip()
     # 1008 policy violation, 1011 server error, 4000-4999 application errors (4000: beta shape).
     if received.code in (1008, 1011) or 4000 <= received.code <= 4999:
+        metrics.realtime_error("closed")
         return CallEnded(EndReason.UPSTREAM_ERROR, detail)
     return CallEnded(EndReason.UPSTREAM_CLOSED, detail)

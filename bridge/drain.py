@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from bridge import metrics
+
 if TYPE_CHECKING:
     from bridge.call import Call
 
@@ -55,6 +57,7 @@ class CallRegistry:
 async def drain(calls: CallRegistry, seconds: float, goodbye_for: Callable[[Call], str]) -> None:
     """Refuse new calls, wait up to `seconds` for live ones, then end the rest with a goodbye."""
     calls.draining = True
+    metrics.set_draining(True)
     logger.warning("draining: %d live call(s), deadline %.0fs", len(calls), seconds)
     try:
         async with asyncio.timeout(seconds):

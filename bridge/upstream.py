@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -12,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketException
 
 from bridge.errors import UpstreamRejected, UpstreamUnavailable
+from bridge.metrics import REALTIME_CONNECT
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def auth_headers(settings: Settings) -> dict[str, str]:
 async def open_session(settings: Settings, model: str) -> AsyncIterator[ClientConnection]:
     """Connect, yield the socket, and always close it (bounded) when the call is done."""
     url = realtime_url(settings, model)
+    started = time.perf_counter()
     try:
         connection = await connect(
             url,
@@ -61,6 +64,7 @@ async def open_session(settings: Settings, model: str) -> AsyncIterator[ClientCo
         raise UpstreamUnavailable(f"Realtime handshake failed: {exc}") from exc
     except (OSError, TimeoutError) as exc:
         raise UpstreamUnavailable(f"Realtime unreachable: {exc!r}") from exc
+    REALTIME_CONNECT.observe(time.perf_counter() - started)
     try:
         yield connection
     finally:

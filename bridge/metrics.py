@@ -1,0 +1,327 @@
+"""Prometheus metrics: every series the bridge exports, on its own registry, and `/metrics`.
+
+The registry is not prometheus-client's global one, so tests can build any number of apps. Names
+follow Prometheus conventions (base units, `_total` on counters); dashboards and the optional
+autoscaling metric in `deploy/k8s/hpa.yaml` rely on them, so renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Literal, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from bridge.record import EndReason
+from bridge.speech_guarantee import Recovery
+
+__all__ = [
+    "ADDED_LATENCY",
+    "ADDED_LATENCY_CALLER_TO_MODEL",
+    "ADDED_LATENCY_MODEL_TO_CALLER",
+    "BARGE_INS",
+    "CALLS_ENDED",
+    "CALL_DURATION",
+    "CALL_LOG_WRITE_FAILURES",
+    "CLEAR_LATENCY",
+    "DRAINING",
+    "LIVE_CALLS",
+    "METRICS",
+    "PROTOCOL_ERRORS",
+    "QUEUE_DEPTH",
+    "REALTIME_CONNECT",
+    "REALTIME_ERRORS",
+    "REGISTRY",
+    "SAMPLE_EVERY",
+    "TEXT_ONLY_RECOVERIES",
+    "TRANSCODE_CALLER_TO_MODEL",
+    "TRANSCODE_MODEL_TO_CALLER",
+    "TRANSCODE_SECONDS",
+    "Sampled",
+    "barge_in",
+    "call_ended",
+    "live_call",
+    "metrics_app",
+    "metrics_endpoint",
+    "protocol_error",
+    "realtime_error",
+    "render",
+    "set_draining",
+    "text_only_recovery",
+    "watch_queue",
+]
+
+Direction = Literal["caller_to_model", "model_to_caller"]
+Side = Literal["twilio", "realtime"]
+# rejected / unavailable: opening the session failed (UpstreamRejected / UpstreamUnavailable);
+# server_error: an `error` event the call did not shrug off; closed: the socket closed with an
+# error code mid-call; timeout: Realtime stopped reading what we sent.
+RealtimeErrorKind = Literal["rejected", "unavailable", "server_error", "closed", "timeout"]
+
+DIRECTIONS: tuple[Direction, ...] = ("caller_to_model", "model_to_caller")
+SIDES: tuple[Side, ...] = ("twilio", "realtime")
+REALTIME_ERROR_KINDS: tuple[RealtimeErrorKind, ...] = (
+    "rejected",
+    "unavailable",
+    "server_error",
+    "closed",
+    "timeout",
+)
+
+# 1 frame in SAMPLE_EVERY is timed: 20 ms frames make that one observation per second per
+# direction per call. Histogram counts of sampled series are frames / SAMPLE_EVERY.
+SAMPLE_EVERY = 50
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+# The process_* (CPU, RSS, fds), python_info and python_gc_* series the global registry has too.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+LIVE_CALLS = Gauge("bridge_live_calls", "Calls in progress in this process.", registry=REGISTRY)
+CALLS_ENDED = Counter(
+    "bridge_calls_ended", "Calls ended, by end reason.", ["reason"], registry=REGISTRY
+)
+CALL_DURATION = Histogram(
+    "bridge_call_duration_seconds",
+    "Call duration from the Media Stream start to the end of the call.",
+    buckets=(5, 15, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600),
+    registry=REGISTRY,
+)
+ADDED_LATENCY = Histogram(
+    "bridge_added_latency_seconds",
+    f"Time a frame spends inside the bridge, per direction (1 frame in {SAMPLE_EVERY}).",
+    ["direction"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+    registry=REGISTRY,
+)
+BARGE_INS = Counter(
+    "bridge_barge_ins", "Caller interruptions of assistant audio.", registry=REGISTRY
+)
+CLEAR_LATENCY = Histogram(
+    "bridge_clear_latency_seconds",
+    "From Realtime's speech_started to Twilio `clear` sent.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+TEXT_ONLY_RECOVERIES = Counter(
+    "bridge_text_only_recoveries",
+    "Replies that came back as text only, by recovery step.",
+    ["recovery"],
+    registry=REGISTRY,
+)
+REALTIME_CONNECT = Histogram(
+    "bridge_realtime_connect_seconds",
+    "Time to open the Realtime WebSocket (successful opens).",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0),
+    registry=REGISTRY,
+)
+REALTIME_ERRORS = Counter(
+    "bridge_realtime_errors", "Realtime failures, by kind.", ["kind"], registry=REGISTRY
+)
+TRANSCODE_SECONDS = Histogram(
+    "bridge_transcode_seconds",
+    f"Transcoder time per 20 ms frame, per direction (1 frame in {SAMPLE_EVERY}).",
+    ["direction"],
+    buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "bridge_queue_depth",
+    "Items waiting in a queue, summed over calls.",
+    ["queue"],
+    registry=REGISTRY,
+)
+CALL_LOG_WRITE_FAILURES = Counter(
+    "bridge_call_log_write_failures", "Call-log writes that failed.", registry=REGISTRY
+)
+PROTOCOL_ERRORS = Counter(
+    "bridge_protocol_errors",
+    "Messages a peer sent that broke its protocol, by side.",
+    ["side"],
+    registry=REGISTRY,
+)
+DRAINING = Gauge("bridge_draining", "1 while draining for shutdown, else 0.", registry=REGISTRY)
+
+METRICS: tuple[Counter | Gauge | Histogram, ...] = (
+    LIVE_CALLS,
+    CALLS_ENDED,
+    CALL_DURATION,
+    ADDED_LATENCY,
+    BARGE_INS,
+    CLEAR_LATENCY,
+    TEXT_ONLY_RECOVERIES,
+    REALTIME_CONNECT,
+    REALTIME_ERRORS,
+    TRANSCODE_SECONDS,
+    QUEUE_DEPTH,
+    CALL_LOG_WRITE_FAILURES,
+    PROTOCOL_ERRORS,
+    DRAINING,
+)
+
+# Every known label value exists from the start at 0, so rate() and alerts see the first event.
+for _reason in EndReason:
+    CALLS_ENDED.labels(reason=_reason.value)
+for _recovery in Recovery:
+    TEXT_ONLY_RECOVERIES.labels(recovery=_recovery.value)
+for _kind in REALTIME_ERROR_KINDS:
+    REALTIME_ERRORS.labels(kind=_kind)
+for _side in SIDES:
+    PROTOCOL_ERRORS.labels(side=_side)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Sampled:
+    """Records 1 event in `every` into a histogram; the others cost a decrement and a compare.
+
+    Per-frame use (~0.1 µs when not sampling): `pcm = TRANSCODE_CALLER_TO_MODEL.call(up.convert,
+    ulaw)` times the conversion; `ADDED_LATENCY_CALLER_TO_MODEL.observe(now - received)` records
+    a measured value. Not thread-safe, by design: a lost decrement only shifts the sample.
+    """
+
+    __slots__ = ("_countdown", "_histogram", "every")
+
+    def __init__(self, histogram: Histogram, every: int = SAMPLE_EVERY) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self._histogram = histogram
+        self.every = every
+        self._countdown = every
+
+    def due(self) -> bool:
+        """True once in `every` calls: the caller measures and `record`s this one."""
+        self._countdown -= 1
+        if self._countdown > 0:
+            return False
+        self._countdown = self.every
+        return True
+
+    def record(self, seconds: float) -> None:
+        """Observe unconditionally (after `due()` said so)."""
+        self._histogram.observe(seconds)
+
+    def observe(self, seconds: float) -> None:
+        """Observe `seconds` if this event is the sampled one."""
+        if self.due():
+            self._histogram.observe(seconds)
+
+    def call(self, fn: Callable[[T], R], arg: T, /) -> R:
+        """`fn(arg)`, timed if this event is the sampled one."""
+        if not self.due():
+            return fn(arg)
+        start = time.perf_counter()
+        try:
+            return fn(arg)
+        finally:
+            self._histogram.observe(time.perf_counter() - start)
+
+
+ADDED_LATENCY_CALLER_TO_MODEL = Sampled(ADDED_LATENCY.labels(direction="caller_to_model"))
+ADDED_LATENCY_MODEL_TO_CALLER = Sampled(ADDED_LATENCY.labels(direction="model_to_caller"))
+TRANSCODE_CALLER_TO_MODEL = Sampled(TRANSCODE_SECONDS.labels(direction="caller_to_model"))
+TRANSCODE_MODEL_TO_CALLER = Sampled(TRANSCODE_SECONDS.labels(direction="model_to_caller"))
+
+
+@contextlib.contextmanager
+def live_call() -> Iterator[None]:
+    """Counts a call as live for the duration of the block (`with live_call(): await ...`)."""
+    LIVE_CALLS.inc()
+    try:
+        yield
+    finally:
+        LIVE_CALLS.dec()
+
+
+def call_ended(reason: EndReason, duration_seconds: float) -> None:
+    """One per call, where the end reason is final."""
+    CALLS_ENDED.labels(reason=reason.value).inc()
+    CALL_DURATION.observe(duration_seconds)
+
+
+def barge_in(clear_latency_seconds: float) -> None:
+    """One per barge-in, once `clear` has been sent to Twilio."""
+    BARGE_INS.inc()
+    CLEAR_LATENCY.observe(clear_latency_seconds)
+
+
+def text_only_recovery(recovery: Recovery) -> None:
+    TEXT_ONLY_RECOVERIES.labels(recovery=recovery.value).inc()
+
+
+def realtime_error(kind: RealtimeErrorKind) -> None:
+    REALTIME_ERRORS.labels(kind=kind).inc()
+
+
+def protocol_error(side: Side) -> None:
+    PROTOCOL_ERRORS.labels(side=side).inc()
+
+
+def set_draining(draining: bool) -> None:
+    DRAINING.set(1 if draining else 0)
+
+
+def watch_queue(queue: str, depth: Callable[[], int]) -> None:
+    """Report a process-wide queue's depth at scrape time (`watch_queue("call_log", q.qsize)`).
+
+    Per-call queues instead `QUEUE_DEPTH.labels(queue=...).inc()` on put and `.dec()` on get,
+    so the series is the sum over live calls.
+    """
+    QUEUE_DEPTH.labels(queue=queue).set_function(depth)
+
+
+def render(accept: str = "") -> tuple[bytes, str]:
+    """The exposition of `REGISTRY` and its content type, negotiated from an Accept header."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
+
+
+async def _exposition(request: Request) -> Response:
+    # Collecting takes well under a millisecond for this registry: fine on the event loop.
+    body, content_type = render(request.headers.get("accept", ""))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+def metrics_endpoint(admin_token: SecretStr | None) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint serving `REGISTRY`; with a token, only to `Authorization: Bearer`."""
+    if admin_token is None:
+        return _exposition
+    expected = admin_token.get_secret_value().encode("utf-8")
+
+    async def protected(request: Request) -> Response:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        # Starlette decodes headers as latin-1; encoding back gives the bytes that were sent.
+        given = credentials.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            return PlainTextResponse(
+                "unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await _exposition(request)
+
+    return protected
+
+
+def metrics_app() -> ASGIApp:
+    """`GET /metrics` alone, unauthenticated: for BRIDGE_METRICS_PORT, never a public port."""
+    return Starlette(routes=[Route("/metrics", metrics_endpoint(None), methods=["GET"])])
