@@ -1,20 +1,33 @@
-"""The ASGI application: Twilio's voice webhook, the Media Stream socket, and health."""
+"""The ASGI application: Twilio's voice webhook, status callbacks and Media Stream socket, the
+numbers reload endpoint, and health.
+
+With `TWILIO_AUTH_TOKEN` set, every Twilio entry point checks the request signature before doing
+anything, and the stream's profile comes only from parameters the webhook signed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.datastructures import ImmutableMultiDict
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from twilio.twiml.voice_response import VoiceResponse
 
-from bridge import twilio
+from bridge import metrics, numbers, signatures, twilio
 from bridge.call import Call, CallServices
+from bridge.drain import CallRegistry, drain
+from bridge.errors import ConfigError, ProtocolViolation
 from bridge.logs import mask_number
 from bridge.profiles import Profile
 from bridge.record import MemoryRecorder, Recorder
@@ -24,14 +37,36 @@ from bridge.tts import SpeechClient
 logger = logging.getLogger(__name__)
 
 TWIML = "application/xml"
+STATUS_PATH = "/twilio/status"
+RELOAD_PATH = "/api/numbers/reload"
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+MAX_FORM_BYTES = 64 * 1024  # Twilio's webhooks are a few hundred bytes; refuse floods early
 
 
-async def form_params(request: Request) -> dict[str, str]:
+class FormTooLarge(Exception):
+    """A webhook body over MAX_FORM_BYTES."""
+
+
+async def form_params(request: Request) -> ImmutableMultiDict[str, str]:
     """Twilio posts `application/x-www-form-urlencoded`; GET webhooks carry the query instead."""
     if request.method == "GET":
-        return dict(request.query_params)
-    body = (await request.body()).decode("utf-8", errors="replace")
-    return dict(parse_qsl(body, keep_blank_values=True))
+        return ImmutableMultiDict(request.query_params.multi_items())
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormTooLarge
+    text = body.decode("utf-8", errors="replace")
+    return ImmutableMultiDict(parse_qsl(text, keep_blank_values=True))
+
+
+def refusal_twiml(direction: str) -> str:
+    """`<Reject>` an incoming call (no answer, no charge); hang up one we placed."""
+    if direction.startswith("outbound"):
+        response = VoiceResponse()
+        response.hangup()
+        return str(response)
+    return twilio.reject_twiml()
 
 
 class Bridge:
@@ -46,46 +81,189 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.recorder: Recorder = recorder if recorder is not None else MemoryRecorder()
-        default = Profile.from_settings(settings)
-        self.profile_for = profile_for if profile_for is not None else (lambda start: default)
-        self.live_calls: set[Call] = set()
+        token = settings.twilio_auth_token
+        if token is None and settings.environment == "production":
+            raise ConfigError(
+                [
+                    "TWILIO_AUTH_TOKEN: required when BRIDGE_ENV=production "
+                    "(without it anyone who finds this server can open calls)"
+                ]
+            )
+        self.signatures = (
+            signatures.TwilioSignatures(token.get_secret_value()) if token is not None else None
+        )
+        if self.signatures is None:
+            logger.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who "
+                "can reach this server can place calls on your OpenAI account. "
+                "Development only; BRIDGE_ENV=production refuses to start like this."
+            )
+        self.numbers = numbers.Numbers(settings)
+        self._choose_profile = profile_for
+        self.live_calls = CallRegistry()
         self.speech: SpeechClient | None = None
+        # Extra readiness checks (e.g. the call log's database): each returns a problem or None.
+        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.speech = SpeechClient(self.settings)
         try:
-            yield
+            with numbers.reload_on_sighup(self.numbers):
+                async with asyncio.TaskGroup() as tg:
+                    watcher = tg.create_task(self.numbers.watch(), name="numbers-watch")
+                    try:
+                        yield
+                    finally:
+                        watcher.cancel()
         finally:
             await self.speech.aclose()
 
-    def public_base(self, request: Request) -> str:
-        """The base URL Twilio reaches us at: configured, else the request's own host."""
-        if self.settings.public_url:
-            return self.settings.public_url
-        return f"https://{request.headers.get('host', request.url.netloc)}"
+    def public_base(self, connection: HTTPConnection) -> str:
+        """The base URL Twilio reaches us at (configured, forwarded, or the Host header)."""
+        return signatures.public_base(self.settings, connection)
+
+    def profile_for(self, start: twilio.Start) -> Profile:
+        """The profile of a starting stream, from parameters the webhook signed.
+
+        Raises ProtocolViolation (the call is refused) if a token is required and not valid.
+        """
+        params = start.custom_parameters
+        if self.signatures is not None:
+            self.signatures.verify_stream(params, start.call_sid, now=time.time())
+        if self._choose_profile is not None:
+            return self._choose_profile(start)
+        directory = self.numbers.current
+        named = directory.named(params.get("Profile", ""))
+        if named is not None:
+            return named
+        # No profile named (a stream not set up by our webhook in development), or a reload
+        # removed it since the webhook answered: choose by number again, caller rules included.
+        routing = directory.route(
+            caller=params.get("From", ""),
+            called=params.get("To", ""),
+            direction=params.get("Direction", "inbound"),
+        )
+        if not routing.admitted:
+            raise ProtocolViolation(routing.reason)
+        return routing.profile
+
+    async def _twilio_form(self, request: Request) -> ImmutableMultiDict[str, str] | Response:
+        """The webhook's fields, or the error response if too large or not signed by Twilio."""
+        try:
+            form = await form_params(request)
+        except FormTooLarge:
+            return PlainTextResponse("request body too large", status_code=413)
+        if self.signatures is not None:
+            url = signatures.request_url(self.settings, request)
+            signature = request.headers.get(signatures.SIGNATURE_HEADER, "")
+            params = {} if request.method == "GET" else form
+            if not self.signatures.webhook_valid(url, params, signature):
+                logger.warning(
+                    "refused %s %s: %s Twilio signature",
+                    request.method,
+                    request.url.path,
+                    "invalid" if signature else "missing",
+                )
+                return PlainTextResponse("invalid Twilio signature", status_code=403)
+        return form
 
     async def voice(self, request: Request) -> Response:
-        """Twilio's voice webhook: answer with TwiML that connects the call to our stream."""
-        params = await form_params(request)
-        call_sid = params.get("CallSid", "")
-        logger.info(
-            "incoming call %s from %s to %s",
-            call_sid,
-            mask_number(params.get("From", "")),
-            mask_number(params.get("To", "")),
+        """Twilio's voice webhook: connect the call to our stream with its profile, or refuse."""
+        if self.live_calls.draining:
+            # A 5xx makes Twilio try the number's fallback URL (another instance) instead.
+            return PlainTextResponse("draining: not taking new calls", status_code=503)
+        form = await self._twilio_form(request)
+        if isinstance(form, Response):
+            return form
+        call_sid = form.get("CallSid", "")
+        caller, called = form.get("From", ""), form.get("To", "")
+        direction = form.get("Direction", "inbound") or "inbound"
+        routing = self.numbers.current.route(
+            caller=caller,
+            called=called,
+            direction=direction,
+            requested=request.query_params.get("profile", ""),
         )
-        stream = twilio.stream_url(self.public_base(request))
+        if not routing.admitted:
+            logger.warning(
+                "refused call %s from %s to %s: %s",
+                call_sid,
+                mask_number(caller),
+                mask_number(called),
+                routing.reason,
+            )
+            self.recorder.call_status(
+                call_sid,
+                "rejected",
+                {
+                    "From": caller,
+                    "To": called,
+                    "Direction": direction,
+                    "Profile": routing.profile.name,
+                    "Reason": routing.reason,
+                },
+            )
+            return Response(refusal_twiml(direction), media_type=TWIML)
+        logger.info(
+            "incoming call %s from %s to %s: profile %s (%s)",
+            call_sid,
+            mask_number(caller),
+            mask_number(called),
+            routing.profile.name,
+            routing.reason,
+        )
+        base = self.public_base(request)
         parameters = {
-            "From": params.get("From", ""),
-            "To": params.get("To", ""),
+            "From": caller,
+            "To": called,
             "CallSid": call_sid,
-            "Direction": params.get("Direction", "inbound"),
+            "Direction": direction,
+            "Profile": routing.profile.name,
         }
-        return Response(twilio.connect_twiml(stream, parameters), media_type=TWIML)
+        if self.signatures is not None:
+            parameters = self.signatures.sign_stream(parameters, now=time.time())
+        twiml = twilio.connect_twiml(
+            twilio.stream_url(base), parameters, status_callback=base + STATUS_PATH
+        )
+        return Response(twiml, media_type=TWIML)
+
+    async def status(self, request: Request) -> Response:
+        """Call and stream status callbacks, recorded against the call."""
+        form = await self._twilio_form(request)
+        if isinstance(form, Response):
+            return form
+        call_sid = form.get("CallSid", "")
+        status = form.get("StreamEvent") or form.get("CallStatus") or ""
+        if not call_sid or not status:
+            return PlainTextResponse("CallSid and CallStatus or StreamEvent required", 400)
+        params = dict(form.items())
+        self.recorder.call_status(call_sid, status, params)
+        if status == "stream-error":
+            logger.warning("call %s stream error: %s", call_sid, form.get("StreamError", ""))
+        else:
+            duration = form.get("CallDuration")
+            logger.info(
+                "call %s status %s%s", call_sid, status, f" after {duration}s" if duration else ""
+            )
+        return Response(status_code=204)
 
     async def media(self, websocket: WebSocket) -> None:
         """One Media Stream = one call, bridged until either side ends it."""
+        if self.live_calls.draining:
+            logger.warning("refused media stream: draining")
+            await websocket.close(code=1013)  # before accept: the upgrade gets HTTP 403
+            return
+        if self.signatures is not None:
+            url = twilio.stream_url(self.public_base(websocket))
+            signature = websocket.headers.get(signatures.SIGNATURE_HEADER, "")
+            if not self.signatures.stream_valid(url, signature):
+                logger.warning(
+                    "refused media stream: %s Twilio signature",
+                    "invalid" if signature else "missing",
+                )
+                await websocket.close(code=1008)  # before accept: the upgrade gets HTTP 403
+                return
         await websocket.accept()
         assert self.speech is not None
         services = CallServices(self.settings, self.profile_for, self.recorder, self.speech)
@@ -96,8 +274,67 @@ class Bridge:
         finally:
             self.live_calls.discard(call)
 
+    async def reload_numbers(self, request: Request) -> Response:
+        """`bridge numbers reload`: validate the numbers file again and swap it in.
+
+        Needs the admin token; without one configured, only direct loopback requests (nothing
+        relayed by a proxy), as for the rest of the admin API.
+        """
+        admin = self.settings.admin_token
+        if admin is None and not _direct_loopback(request):
+            return PlainTextResponse("set BRIDGE_ADMIN_TOKEN to reload from elsewhere", 403)
+        if admin is not None:
+            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+            expected = admin.get_secret_value().encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                offered.strip().encode(), expected
+            ):
+                return PlainTextResponse("invalid admin token", 401)
+        try:
+            directory = self.numbers.reload("admin API")
+        except ConfigError as exc:
+            return JSONResponse({"reloaded": False, "problems": exc.problems}, 422)
+        return JSONResponse(
+            {
+                "reloaded": True,
+                "source": directory.source,
+                "profiles": sorted(directory.profiles),
+                "numbers": len(directory.numbers),
+            }
+        )
+
     async def healthz(self, request: Request) -> Response:
+        """The process is alive (liveness): nothing else is checked."""
         return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        """Accepting new calls (readiness): not draining, and every dependency usable."""
+        problems = ["draining"] if self.live_calls.draining else []
+        for check in self.readiness_checks:
+            problem = await check()
+            if problem:
+                problems.append(problem)
+        if problems:
+            return PlainTextResponse("not ready: " + "; ".join(problems), status_code=503)
+        return PlainTextResponse(f"ready: {len(self.live_calls)} live call(s)")
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new calls, let live ones finish, then end the rest with a goodbye."""
+        await drain(
+            self.live_calls,
+            self.settings.drain_seconds,
+            goodbye_for=lambda call: call.profile.goodbye if call.profile else "",
+        )
+
+
+def _direct_loopback(connection: HTTPConnection) -> bool:
+    if any(name in connection.headers for name in PROXY_HEADERS):
+        return False
+    host = connection.client.host if connection.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(
@@ -109,14 +346,20 @@ def create_app(
 ) -> Starlette:
     """Build the application; `app.state.bridge` exposes the shared state (tests, CLI).
 
-    `routes` are mounted beside the Twilio routes (the call log's API and dashboard).
+    `routes` are mounted beside the Twilio routes (the call log's API and dashboard). Raises
+    ConfigError for an invalid numbers file, or no auth token in production.
+    `profile_for` replaces the numbers file's choice (tests); signatures are still checked.
     """
     bridge = Bridge(settings, recorder=recorder, profile_for=profile_for)
     app = Starlette(
         routes=[
-            Route("/twilio/voice", bridge.voice, methods=["POST"]),
+            Route("/twilio/voice", bridge.voice, methods=["POST", "GET"]),
+            Route(STATUS_PATH, bridge.status, methods=["POST", "GET"]),
             WebSocketRoute(twilio.MEDIA_PATH, bridge.media),
+            Route(RELOAD_PATH, bridge.reload_numbers, methods=["POST"]),
             Route("/healthz", bridge.healthz, methods=["GET"]),
+            Route("/readyz", bridge.readyz, methods=["GET"]),
+            Route("/metrics", metrics.metrics_endpoint(settings.admin_token), methods=["GET"]),
             *routes,
         ],
         lifespan=bridge.lifespan,

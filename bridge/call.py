@@ -241,6 +241,11 @@ class Call:
         with contextlib.suppress(Exception):
             await self._ws.close(code=code, reason=f"{reason}"[:120])
 
+    @property
+    def profile(self) -> Profile | None:
+        """The profile the call started with (None until Twilio's `start` arrived)."""
+        return self._profile
+
     def shutdown(self, goodbye: str = "") -> None:
         """End the call for a server shutdown, after saying `goodbye` if there is one."""
         self._goodbye = goodbye

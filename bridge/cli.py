@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge.errors import ConfigError
+from bridge.settings import Settings
 
 # command -> (module with `main(argv: list[str]) -> int`, help)
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -26,9 +27,6 @@ DELEGATED: dict[str, tuple[str, str]] = {
 
 def _serve(args: argparse.Namespace) -> int:
     from bridge import logs
-    from bridge.app import create_app
-    from bridge.server import uvicorn_config
-    from bridge.settings import Settings
 
     try:
         settings = Settings.from_environ()
@@ -37,14 +35,31 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     logs.configure(settings.log_level, settings.log_format)
-    import uvicorn
-
     try:
-        app = create_app(settings)
+        return asyncio.run(serve(settings, args.host, args.port))
     except ConfigError as exc:
         return _config_error(exc)
-    config = uvicorn_config(app, args.host, args.port, log_level="info")
-    uvicorn.Server(config).run()
+
+
+async def serve(settings: Settings, host: str, port: int) -> int:
+    """Run the bridge until SIGTERM/SIGINT has drained it (or a second signal stops it)."""
+    from bridge import metrics
+    from bridge.app import create_app
+    from bridge.server import BridgeServer, EmbeddedServer, uvicorn_config
+
+    app = create_app(settings)
+    bridge = app.state.bridge
+    server = BridgeServer(uvicorn_config(app, host, port, log_level="info"), on_drain=bridge.drain)
+    async with asyncio.TaskGroup() as tg:
+        if settings.metrics_port:
+            metrics_server = EmbeddedServer(
+                uvicorn_config(metrics.metrics_app(), host, settings.metrics_port)
+            )
+            metrics_server.config.lifespan = "off"
+            tg.create_task(metrics_server.serve(), name="metrics-server")
+        await server.serve()
+        if settings.metrics_port:
+            metrics_server.should_exit = True
     return 0
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.errors import ProtocolViolation
-from bridge.profiles import Profile
+from bridge.profiles import Profile, TurnDetection
 from bridge.settings import AudioMode
 
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
@@ -43,23 +43,17 @@ FATAL_ERROR_CODES = frozenset(
 
 
 def session_update(profile: Profile) -> dict[str, Any]:
-    """The one `session.update` sent on connect: audio out only, server VAD, transcription."""
+    """The one `session.update` sent on connect: audio out only, turn detection, transcription."""
     audio_format = PCMU_FORMAT if profile.audio_mode is AudioMode.PCMU else PCM_FORMAT
-    vad = profile.turn_detection
     audio_input: dict[str, Any] = {
         "format": dict(audio_format),
-        "turn_detection": {
-            "type": "server_vad",
-            "threshold": vad.threshold,
-            "prefix_padding_ms": vad.prefix_padding_ms,
-            "silence_duration_ms": vad.silence_duration_ms,
-            "create_response": True,
-            # The bridge cancels itself: only it knows whether the caller is hearing audio.
-            "interrupt_response": False,
-        },
+        "turn_detection": _turn_detection(profile.turn_detection),
     }
     if profile.transcription_model:
-        audio_input["transcription"] = {"model": profile.transcription_model}
+        transcription = {"model": profile.transcription_model}
+        if profile.transcription_language:
+            transcription["language"] = profile.transcription_language
+        audio_input["transcription"] = transcription
     return {
         "type": "session.update",
         "session": {
@@ -71,6 +65,29 @@ def session_update(profile: Profile) -> dict[str, Any]:
                 "output": {"format": dict(audio_format), "voice": profile.voice},
             },
         },
+    }
+
+
+def _turn_detection(vad: TurnDetection) -> dict[str, Any]:
+    """Server VAD with its tuning, or semantic VAD with its eagerness; responses start on their own.
+
+    `interrupt_response` is off: the bridge cancels itself, since only it knows whether the caller
+    is still hearing audio.
+    """
+    if vad.type == "semantic_vad":
+        return {
+            "type": "semantic_vad",
+            "eagerness": vad.eagerness,
+            "create_response": True,
+            "interrupt_response": False,
+        }
+    return {
+        "type": "server_vad",
+        "threshold": vad.threshold,
+        "prefix_padding_ms": vad.prefix_padding_ms,
+        "silence_duration_ms": vad.silence_duration_ms,
+        "create_response": True,
+        "interrupt_response": False,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from bridge.errors import ConfigError
 
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise voice assistant answering a phone call. "
@@ -38,6 +41,7 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_VOICE": "voice",
     "BRIDGE_INSTRUCTIONS": "instructions",
     "BRIDGE_GREETING": "greeting",
+    "BRIDGE_GOODBYE": "goodbye",
     "BRIDGE_PUBLIC_URL": "public_url",
     "BRIDGE_TTS_URL": "tts_url",
     "BRIDGE_TTS_MODEL": "tts_model",
@@ -75,6 +79,7 @@ class Settings(BaseModel):
     voice: str = Field(default="marin", min_length=1)
     instructions: str = DEFAULT_INSTRUCTIONS
     greeting: str = ""
+    goodbye: str = ""
     public_url: str | None = None
     tts_url: str | None = None
     tts_model: str = "gpt-4o-mini-tts"
@@ -123,6 +128,35 @@ class Settings(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_query(cls, value: str | None) -> str | None:
+        # Twilio refuses a <Stream url> with a query string (error 31920), and signs the exact URL.
+        if value is not None and (urlsplit(value).query or urlsplit(value).fragment):
+            raise ValueError(f"must not have a query string or fragment, got {value!r}")
+        return value
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value is not None and not _ACCOUNT_SID.match(value):
+            raise ValueError("must be an account SID: AC followed by 32 hex digits")
+        return value
+
+    @field_validator("twilio_api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        if value is not None and not _API_KEY_SID.match(value):
+            raise ValueError("must be an API key SID: SK followed by 32 hex digits")
+        return value
+
+    @field_validator("twilio_auth_token", "twilio_api_secret")
+    @classmethod
+    def _secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be blank")
+        return value
 
     @property
     def is_azure(self) -> bool:

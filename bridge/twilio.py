@@ -158,11 +158,18 @@ def stream_url(public_base: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def connect_twiml(url: str, parameters: Mapping[str, str]) -> str:
+def connect_twiml(
+    url: str, parameters: Mapping[str, str], *, status_callback: str | None = None
+) -> str:
     """`<Connect><Stream>` TwiML; parameters travel in `<Parameter>` since Twilio drops queries."""
     response = VoiceResponse()
     connect = Connect()
-    stream = connect.stream(url=url)
+    if status_callback:
+        stream = connect.stream(
+            url=url, status_callback=status_callback, status_callback_method="POST"
+        )
+    else:
+        stream = connect.stream(url=url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)

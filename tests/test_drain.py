@@ -17,6 +17,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from bridge.sim.analysis import active_segments
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
 from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
@@ -43,9 +44,10 @@ async def bridge_process(
         "BRIDGE_TTS_URL": f"{simulator.http_base}/v1/audio/speech",
         "BRIDGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}",
         "BRIDGE_NUMBERS": str(tmp_path / "no-numbers.toml"),
-        "BRIDGE_LOG_LEVEL": "WARNING",
+        "BRIDGE_LOG_LEVEL": "INFO",
         **env_extra,
     }
+    log = (tmp_path / "bridge.log").open("wb")  # kept for post-mortems of a failed run
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -57,7 +59,7 @@ async def bridge_process(
         str(port),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -72,6 +74,7 @@ async def bridge_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+        log.close()
 
 
 async def dial(base: str, n: int) -> TwilioCaller:
@@ -112,10 +115,10 @@ async def test_sigterm_drains_live_calls_and_refuses_new_ones(
                 async with websockets.connect(base.replace("http", "ws") + "/twilio/media"):
                     pass
             # The calls that were up go on as if nothing happened.
-            for caller in callers:
-                caller.say(utterance())
-            for caller in callers:
-                await caller.wait_for_playback(0.7, timeout=15)
+            async with asyncio.TaskGroup() as tg:
+                for caller in callers:
+                    tg.create_task(caller.wait_for_playback(0.7, timeout=15))
+                    caller.say(utterance())
             assert process.returncode is None
             for caller in callers:
                 await caller.hangup()
@@ -146,6 +149,8 @@ async def test_drain_deadline_ends_remaining_calls_with_server_shutdown(
     for caller in callers:
         assert caller.close_code == 1001
         assert caller.close_reason == "server_shutdown"
+        heard = sum(end - start for start, end in active_segments(caller.heard(), 8000))
+        assert heard >= 1.0, "the goodbye was not heard"
     # The goodbye was spoken before the stream closed.
     goodbyes = [
         s.events_received("response.create")
@@ -156,3 +161,19 @@ async def test_drain_deadline_ends_remaining_calls_with_server_shutdown(
         )
     ]
     assert len(goodbyes) == 2
+
+
+async def test_second_signal_stops_at_once(simulator: RealtimeSimulator, tmp_path: Path) -> None:
+    async with bridge_process(simulator, tmp_path, BRIDGE_DRAIN_SECONDS="300") as (process, base):
+        async with httpx.AsyncClient() as client:
+            ready = await client.get(f"{base}/readyz")
+        assert ready.status_code == 200
+        async with await dial(base, 7) as caller:
+            await simulator.wait_for_session()
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert process.returncode is None  # draining: the call holds the process up
+            process.send_signal(signal.SIGINT)
+            async with asyncio.timeout(10):
+                await process.wait()
+            await caller.wait_closed(timeout=10)

@@ -147,3 +147,31 @@ def test_errors_and_unknown_events() -> None:
         realtime.parse_server_event("not json")
     with pytest.raises(ProtocolViolation):
         realtime.parse_server_event('{"type": "response.output_audio.delta"}')
+
+
+def test_semantic_vad_and_transcription_language_are_ga() -> None:
+    import dataclasses
+
+    profile = dataclasses.replace(
+        PROFILE,
+        turn_detection=TurnDetection(type="semantic_vad", eagerness="low"),
+        transcription_language="de",
+    )
+    event = realtime.session_update(profile)
+    validate_client_event(event)
+    audio_in = event["session"]["audio"]["input"]
+    assert audio_in["turn_detection"] == {
+        "type": "semantic_vad",
+        "eagerness": "low",
+        "create_response": True,
+        "interrupt_response": False,  # the bridge decides barge-in itself
+    }
+    assert audio_in["transcription"] == {"model": "gpt-4o-mini-transcribe", "language": "de"}
+
+
+def test_transcription_off_sends_no_transcription() -> None:
+    import dataclasses
+
+    event = realtime.session_update(dataclasses.replace(PROFILE, transcription_model=""))
+    validate_client_event(event)
+    assert "transcription" not in event["session"]["audio"]["input"]
