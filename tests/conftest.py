@@ -76,6 +76,18 @@ def make_settings(simulator: RealtimeSimulator, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@contextlib.asynccontextmanager
+async def running_bridge(
+    simulator: RealtimeSimulator, **overrides: Any
+) -> AsyncIterator[RunningBridge]:
+    """A bridge server with settings changed from the defaults (the `bridge` fixture's twin)."""
+    recorder = MemoryRecorder()
+    settings = make_settings(simulator, **overrides)
+    app = create_app(settings, recorder=recorder)
+    async with serving(app) as base:
+        yield RunningBridge(base, app, recorder, settings)
+
+
 @pytest.fixture
 async def simulator() -> AsyncIterator[RealtimeSimulator]:
     async with RealtimeSimulator() as sim:
@@ -84,8 +96,5 @@ async def simulator() -> AsyncIterator[RealtimeSimulator]:
 
 @pytest.fixture
 async def bridge(simulator: RealtimeSimulator) -> AsyncIterator[RunningBridge]:
-    recorder = MemoryRecorder()
-    settings = make_settings(simulator)
-    app = create_app(settings, recorder=recorder)
-    async with serving(app) as base:
-        yield RunningBridge(base, app, recorder, settings)
+    async with running_bridge(simulator) as running:
+        yield running

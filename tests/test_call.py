@@ -14,14 +14,12 @@ import websockets
 from openai.types.realtime import RealtimeClientEventParam
 from pydantic import ConfigDict, Field, TypeAdapter
 
-from bridge.app import create_app
-from bridge.record import EndReason, MemoryRecorder
-from bridge.server import serving
+from bridge.record import EndReason
 from bridge.settings import AudioMode
 from bridge.sim.analysis import active_segments, dominant_frequency, snr_db
 from bridge.sim.realtime_server import Mode, RealtimeSimulator, SimSession
 from bridge.sim.signals import fade, from_pcm16, silence, to_ulaw, tone
-from tests.conftest import RunningBridge, make_settings
+from tests.conftest import RunningBridge, running_bridge
 
 RATE_IN = 8000
 RATE_MODEL = 24000
@@ -363,11 +361,7 @@ async def test_fifty_sequential_calls_leave_nothing_behind(
 
 async def test_pcmu_passthrough_forwards_audio_untouched(simulator: RealtimeSimulator) -> None:
     simulator.config.reply_audio = lambda turn: tone(1000, 1.0, RATE_MODEL, 0.5)
-    settings = make_settings(simulator, audio_mode=AudioMode.PCMU)
-    recorder = MemoryRecorder()
-    app = create_app(settings, recorder=recorder)
-    async with serving(app) as base:
-        running = RunningBridge(base, app, recorder, settings)
+    async with running_bridge(simulator, audio_mode=AudioMode.PCMU) as running:
         async with running.call() as caller:
             session = await simulator.wait_for_session()
             caller.say(utterance())
@@ -388,4 +382,20 @@ async def test_pcmu_passthrough_forwards_audio_untouched(simulator: RealtimeSimu
         abs(dominant_frequency(heard[int(start * RATE_IN) : int(end * RATE_IN)], RATE_IN) - 1000)
         < 3
     )
+    assert_ga_events(session)
+
+
+async def test_greeting_is_spoken_before_the_caller_says_anything(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with running_bridge(simulator, greeting="Thanks for calling Example Co.") as running:
+        async with running.call() as caller:
+            session = await simulator.wait_for_session()
+            await caller.wait_for_playback(1.0, timeout=10)
+            await caller.hangup()
+    create = session.events_received("response.create")[0]
+    assert create["response"]["output_modalities"] == ["audio"]
+    assert '"Thanks for calling Example Co."' in create["response"]["instructions"]
+    assert session.received[0][1]["type"] == "session.update"
+    assert caller.frames_sent < 150  # heard within a few seconds, the caller silent throughout
     assert_ga_events(session)
