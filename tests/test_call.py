@@ -388,11 +388,11 @@ async def test_pcmu_passthrough_forwards_audio_untouched(simulator: RealtimeSimu
 async def test_greeting_is_spoken_before_the_caller_says_anything(
     simulator: RealtimeSimulator,
 ) -> None:
-    async with running_bridge(simulator, greeting="Thanks for calling Example Co.") as running:
-        async with running.call() as caller:
-            session = await simulator.wait_for_session()
-            await caller.wait_for_playback(1.0, timeout=10)
-            await caller.hangup()
+    greeting = "Thanks for calling Example Co."
+    async with running_bridge(simulator, greeting=greeting) as running, running.call() as caller:
+        session = await simulator.wait_for_session()
+        await caller.wait_for_playback(1.0, timeout=10)
+        await caller.hangup()
     create = session.events_received("response.create")[0]
     assert create["response"]["output_modalities"] == ["audio"]
     assert '"Thanks for calling Example Co."' in create["response"]["instructions"]
