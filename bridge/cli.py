@@ -42,24 +42,40 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def serve(settings: Settings, host: str, port: int) -> int:
-    """Run the bridge until SIGTERM/SIGINT has drained it (or a second signal stops it)."""
+    """Run the bridge until SIGTERM/SIGINT has drained it (or a second signal stops it).
+
+    The call log encloses the server so records of calls that end during the drain are written.
+    """
     from bridge import metrics
     from bridge.app import create_app
     from bridge.server import BridgeServer, EmbeddedServer, uvicorn_config
+    from bridge.store import CallLog
+    from bridge.web import admin_routes
 
-    app = create_app(settings)
-    bridge = app.state.bridge
-    server = BridgeServer(uvicorn_config(app, host, port, log_level="info"), on_drain=bridge.drain)
-    async with asyncio.TaskGroup() as tg:
-        if settings.metrics_port:
-            metrics_server = EmbeddedServer(
-                uvicorn_config(metrics.metrics_app(), host, settings.metrics_port)
-            )
-            metrics_server.config.lifespan = "off"
-            tg.create_task(metrics_server.serve(), name="metrics-server")
-        await server.serve()
-        if settings.metrics_port:
-            metrics_server.should_exit = True
+    call_log = CallLog.from_settings(settings)
+    async with call_log:  # SQLite: migrated; PostgreSQL: the schema must be current
+        app = create_app(
+            settings, recorder=call_log.recorder, routes=admin_routes(settings, call_log)
+        )
+        bridge = app.state.bridge
+        bridge.readiness_checks.append(call_log.readiness)
+
+        async def drain() -> None:
+            await bridge.drain()
+            call_log.feed.close()  # end dashboard streams: uvicorn waits for open responses
+
+        server = BridgeServer(uvicorn_config(app, host, port, log_level="info"), on_drain=drain)
+        async with asyncio.TaskGroup() as tg:
+            metrics_server = None
+            if settings.metrics_port:
+                metrics_server = EmbeddedServer(
+                    uvicorn_config(metrics.metrics_app(), host, settings.metrics_port)
+                )
+                metrics_server.config.lifespan = "off"
+                tg.create_task(metrics_server.serve(), name="metrics-server")
+            await server.serve()
+            if metrics_server is not None:
+                metrics_server.should_exit = True
     return 0
 
 

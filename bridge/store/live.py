@@ -1,0 +1,211 @@
+"""The live feed: what is happening on calls right now, for dashboards and `bridge calls tail`.
+
+Messages are plain dicts (`kind` + data) published by this instance's recorder or, through
+the PostgreSQL relay, by other replicas. The feed keeps the state of every live call it has
+heard of (so a new subscriber starts from a snapshot) and fans messages out to subscribers,
+each with a bounded buffer: a subscriber that falls behind is cut off and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bridge.record import CallEvent, CallRecord, Turn
+from bridge.store.rows import event_detail
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+KEEP_EVENTS = 50  # per live call in the snapshot
+
+
+def call_info(record: CallRecord, instance: str) -> dict[str, Any]:
+    return {
+        "call_sid": record.call_sid,
+        "stream_sid": record.stream_sid,
+        "from_number": record.from_number,
+        "to_number": record.to_number,
+        "profile": record.profile,
+        "direction": record.direction,
+        "model": record.model,
+        "started_at": record.started_at,
+        "instance": instance,
+    }
+
+
+def turn_info(record: CallRecord, turn: Turn) -> dict[str, Any]:
+    return {
+        "item_id": turn.item_id,
+        "role": turn.role,
+        "source": turn.source,
+        "started_at": turn.started_at,
+        "ended_at": turn.ended_at,
+        "text": turn.text if record.keep_transcripts else None,
+        "interrupted": turn.interrupted,
+        "heard_ms": turn.heard_ms,
+        "audio_ms": round(turn.audio_ms, 1),
+        "latency_ms": turn.latency_ms,
+    }
+
+
+class Subscription:
+    """One listener's queue; `lagged` once it fell more than `limit` messages behind."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lagged = False
+        self.closed = False
+        self._queue: collections.deque[Message] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put(self, message: Message) -> None:
+        if self.lagged or self.closed:
+            return
+        if len(self._queue) >= self.limit:
+            self.lagged = True
+            self._queue.clear()
+        else:
+            self._queue.append(message)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def get(self) -> Message | None:
+        """The next message; None once the subscription is over (lagged or closed)."""
+        while not self._queue:
+            if self.lagged or self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+
+class LiveFeed:
+    """Live call state plus fan-out; all methods are sync and cheap (called on the audio path)."""
+
+    def __init__(self, instance: str, *, subscriber_limit: int = 2000) -> None:
+        self.instance = instance
+        self.subscriber_limit = subscriber_limit
+        self.calls: dict[str, dict[str, Any]] = {}  # call_sid -> {call, turns, events}
+        self._subscribers: set[Subscription] = set()
+        self.closed = False
+        self.relay: Callable[[Message], None] | None = None  # set by the PostgreSQL relay
+
+    # ---- from this instance's recorder ---------------------------------------------------------
+
+    def call_started(self, record: CallRecord) -> None:
+        self.publish({"kind": "call_started", "call": call_info(record, self.instance)})
+
+    def turn_updated(self, record: CallRecord, turn: Turn) -> None:
+        self.publish({"kind": "turn", "call_sid": record.call_sid, "turn": turn_info(record, turn)})
+
+    def call_event(self, record: CallRecord, event: CallEvent) -> None:
+        detail = event_detail(event.detail, keep_text=record.keep_transcripts)
+        self.publish(
+            {
+                "kind": "event",
+                "call_sid": record.call_sid,
+                "event": {"at": event.at, "kind": event.kind, "detail": detail},
+            }
+        )
+
+    def call_ended(self, record: CallRecord) -> None:
+        self.publish(
+            {
+                "kind": "call_ended",
+                "call_sid": record.call_sid,
+                "end_reason": str(record.end_reason) if record.end_reason else None,
+                "duration": round(record.duration, 3),
+                "ended_at": record.ended_at,
+            }
+        )
+
+    def publish(self, message: Message, *, remote: bool = False) -> None:
+        """Apply to the live state, hand to subscribers, and (if ours) to the relay."""
+        self._apply(message)
+        for subscription in self._subscribers:
+            subscription.put(message)
+        if not remote and self.relay is not None:
+            self.relay(message)
+
+    def _apply(self, message: Message) -> None:
+        kind = message["kind"]
+        if kind == "call_started":
+            info = message["call"]
+            entry = self.calls.setdefault(info["call_sid"], _empty())
+            entry["call"] = dict(info)
+            return
+        call_sid = message.get("call_sid")
+        if not isinstance(call_sid, str):
+            return
+        if kind == "call_ended":
+            self.calls.pop(call_sid, None)
+            return
+        if call_sid not in self.calls:  # a replica's call whose start we missed
+            self.calls[call_sid] = _empty()
+            self.calls[call_sid]["call"] = {"call_sid": call_sid, "instance": message.get("origin")}
+        entry = self.calls[call_sid]
+        if kind == "turn":
+            turn = message["turn"]
+            entry["turns"][turn["item_id"]] = turn
+        elif kind == "event":
+            entry["events"].append(message["event"])
+            del entry["events"][:-KEEP_EVENTS]
+
+    # ---- subscribers ---------------------------------------------------------------------------
+
+    def subscribe(self) -> Subscription:
+        """A new listener; after close() it gets nothing (its stream ends after the snapshot)."""
+        subscription = Subscription(self.subscriber_limit)
+        if self.closed:
+            subscription.close()
+        else:
+            self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        subscription.close()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def snapshot(self) -> Message:
+        """Every live call with its turns so far, oldest call first."""
+        calls = sorted(self.calls.values(), key=lambda c: c["call"].get("started_at") or 0.0)
+        return {
+            "kind": "snapshot",
+            "at": time.time(),
+            "calls": [
+                {
+                    "call": entry["call"],
+                    "turns": list(entry["turns"].values()),
+                    "events": list(entry["events"]),
+                }
+                for entry in calls
+            ],
+        }
+
+    def instance_calls(self, instance: str) -> list[str]:
+        return [
+            sid for sid, entry in self.calls.items() if entry["call"].get("instance") == instance
+        ]
+
+    def close(self) -> None:
+        """End every subscription (their streams finish; clients reconnect elsewhere)."""
+        self.closed = True
+        for subscription in list(self._subscribers):
+            subscription.close()
+        self._subscribers.clear()
+
+
+def _empty() -> dict[str, Any]:
+    return {"call": {}, "turns": {}, "events": []}

@@ -1,0 +1,1 @@
+"""Alembic migrations for the call log (shipped in the package so a wheel carries them)."""

@@ -1,0 +1,106 @@
+"""The call log's tables (SQLAlchemy Core): one row per call, its turns, its events.
+
+Times are epoch seconds (`started_at`, `ended_at` ...) or seconds since the call started (turn
+and event `at`), as in `bridge.record`; both backends store them as double precision.
+Migrations in `bridge/store/migrations` create exactly these tables.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("call_sid", sa.String(64), primary_key=True),
+    sa.Column("stream_sid", sa.String(64), nullable=False, server_default=""),
+    sa.Column("direction", sa.String(32), nullable=False, server_default=""),
+    sa.Column("from_number", sa.String(64), nullable=False, server_default=""),
+    sa.Column("to_number", sa.String(64), nullable=False, server_default=""),
+    sa.Column("profile", sa.String(128), nullable=False, server_default=""),
+    sa.Column("model", sa.String(128), nullable=False, server_default=""),
+    sa.Column("voice", sa.String(64), nullable=False, server_default=""),
+    sa.Column("keep_transcripts", sa.Boolean, nullable=False, server_default=sa.true()),
+    # Earliest known moment of the call: Twilio's initiated/ringing time, else the stream start.
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("answered_at", sa.Double),  # the Media Stream started: audio flows both ways
+    sa.Column("ended_at", sa.Double),
+    sa.Column("duration_s", sa.Double),  # stream start to end (what the assistant was on for)
+    sa.Column("end_reason", sa.String(32)),
+    sa.Column("end_detail", sa.Text, nullable=False, server_default=""),
+    sa.Column("twilio_status", sa.String(32)),  # Twilio's last (final once ended) CallStatus
+    sa.Column("twilio_duration_s", sa.Integer),  # Twilio's CallDuration (billed seconds)
+    sa.Column("frames_in", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("frames_out", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("barge_ins", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("text_only_recoveries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("protocol_errors", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("errors", sa.Integer, nullable=False, server_default="0"),  # error events
+    sa.Column("usage", JSON, nullable=False, server_default="{}"),  # tokens by kind
+    sa.Column("cost_usd", sa.Double),  # estimate from the price table; NULL: no price known
+    sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+sa.Index("ix_calls_started_at", calls.c.started_at, calls.c.call_sid)
+sa.Index("ix_calls_to_number", calls.c.to_number, calls.c.started_at)
+sa.Index("ix_calls_from_number", calls.c.from_number, calls.c.started_at)
+sa.Index("ix_calls_profile", calls.c.profile)
+sa.Index("ix_calls_end_reason", calls.c.end_reason)
+
+turns = sa.Table(
+    "turns",
+    metadata,
+    sa.Column(
+        "call_sid",
+        sa.String(64),
+        sa.ForeignKey("calls.call_sid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("item_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),  # order within the call
+    sa.Column("role", sa.String(16), nullable=False),  # caller | assistant
+    sa.Column("source", sa.String(16), nullable=False, server_default="model"),
+    sa.Column("started_at", sa.Double, nullable=False),  # seconds since the call started
+    sa.Column("ended_at", sa.Double),
+    sa.Column("text", sa.Text),  # NULL when the profile keeps no transcripts
+    sa.Column("interrupted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("heard_ms", sa.Integer),  # assistant: audio the caller heard (NULL: all of it)
+    sa.Column("audio_ms", sa.Double, nullable=False, server_default="0"),
+    sa.Column("latency_ms", sa.Double),  # caller stopped speaking -> first reply audio played
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "call_sid",
+        sa.String(64),
+        sa.ForeignKey("calls.call_sid", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("seq", sa.Integer),  # index in CallRecord.events; NULL for Twilio callbacks
+    sa.Column("at", sa.Double),  # seconds since the call started, when known
+    sa.Column("ts", sa.Double, nullable=False),  # epoch seconds
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("detail", JSON, nullable=False, server_default="{}"),
+    sa.UniqueConstraint("call_sid", "seq", name="uq_events_call_seq"),
+)
+sa.Index("ix_events_call_sid", events.c.call_sid, events.c.ts)
+
+# Event kinds that count as something going wrong on the call.
+ERROR_KINDS = frozenset(
+    {
+        "upstream_error",
+        "upstream_protocol_error",
+        "protocol_error",
+        "response_failed",
+        "tts_failed",
+        "stream_error",
+    }
+)

@@ -1,0 +1,136 @@
+// Live calls: follows /api/live (Server-Sent Events) and redraws each call's running transcript.
+// Plain JavaScript, no build step. The server renders everything else.
+(function () {
+  "use strict";
+  const root = document.getElementById("live");
+  if (!root) return;
+  const only = root.dataset.only || null; // the call page of a live call shows just that call
+  const calls = new Map(); // call_sid -> {call, turns: Map(item_id -> turn), events: []}
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function elapsed(startedAt) {
+    if (!startedAt) return "";
+    const s = Math.max(0, Math.floor(Date.now() / 1000 - startedAt));
+    return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+  }
+
+  function card(state) {
+    const call = state.call;
+    const article = el("article", "live-call");
+    article.dataset.callSid = call.call_sid;
+    const header = el("header");
+    const link = el("a", "", (call.from_number || "?") + " → " + (call.to_number || "?"));
+    link.href = "/calls/" + encodeURIComponent(call.call_sid);
+    header.append(link, " ", el("span", "profile", call.profile || ""), " ");
+    const timer = el("span", "elapsed", elapsed(call.started_at));
+    timer.dataset.startedAt = call.started_at || "";
+    header.append(timer);
+    const transcript = el("ol", "transcript");
+    const turns = Array.from(state.turns.values()).sort((a, b) => a.started_at - b.started_at);
+    for (const turn of turns) {
+      const li = el("li", "turn " + turn.role + (turn.interrupted ? " interrupted" : ""));
+      li.dataset.itemId = turn.item_id;
+      li.append(el("span", "who", turn.role), " ");
+      li.append(el("span", "text", turn.text === null ? "(not kept)" : turn.text));
+      if (turn.interrupted) li.append(" ", el("span", "badge bad", "interrupted"));
+      if (turn.latency_ms !== null && turn.latency_ms !== undefined) {
+        li.append(" ", el("span", "latency badge", "answered in " + Math.round(turn.latency_ms) + " ms"));
+      }
+      transcript.append(li);
+    }
+    article.append(header, transcript);
+    const bargeIns = state.events.filter((e) => e.kind === "barge_in").length;
+    if (bargeIns) article.append(el("p", "events", bargeIns + " barge-in" + (bargeIns > 1 ? "s" : "")));
+    return article;
+  }
+
+  function shown(callSid) {
+    return !only || callSid === only;
+  }
+
+  function placeholder() {
+    const cards = root.querySelectorAll(".live-call").length;
+    const empty = root.querySelector(".empty");
+    if (!cards && !empty) root.append(el("p", "empty", only ? "Waiting for the call…" : "No calls right now."));
+    if (cards && empty) empty.remove();
+    const count = document.getElementById("live-count");
+    if (count) count.textContent = String(calls.size);
+  }
+
+  function draw() {
+    root.replaceChildren(...Array.from(calls.values()).filter((s) => shown(s.call.call_sid)).map(card));
+    placeholder();
+  }
+
+  // Redraw one call only: transcript deltas arrive many times a second per call.
+  function drawCall(callSid) {
+    if (!shown(callSid)) return;
+    const old = Array.from(root.querySelectorAll(".live-call")).find((a) => a.dataset.callSid === callSid);
+    const state = calls.get(callSid);
+    if (!state) {
+      if (old) old.remove();
+    } else if (old) {
+      old.replaceWith(card(state));
+    } else {
+      root.append(card(state));
+    }
+    placeholder();
+  }
+
+  function entry(callSid) {
+    let state = calls.get(callSid);
+    if (!state) {
+      state = { call: { call_sid: callSid }, turns: new Map(), events: [] };
+      calls.set(callSid, state);
+    }
+    return state;
+  }
+
+  const source = new EventSource("/api/live");
+  source.addEventListener("snapshot", (e) => {
+    calls.clear();
+    for (const live of JSON.parse(e.data).calls) {
+      calls.set(live.call.call_sid, {
+        call: live.call,
+        turns: new Map(live.turns.map((t) => [t.item_id, t])),
+        events: live.events,
+      });
+    }
+    draw();
+  });
+  source.addEventListener("call_started", (e) => {
+    const call = JSON.parse(e.data).call;
+    entry(call.call_sid).call = call;
+    drawCall(call.call_sid);
+  });
+  source.addEventListener("turn", (e) => {
+    const data = JSON.parse(e.data);
+    entry(data.call_sid).turns.set(data.turn.item_id, data.turn);
+    drawCall(data.call_sid);
+  });
+  source.addEventListener("event", (e) => {
+    const data = JSON.parse(e.data);
+    const events = entry(data.call_sid).events;
+    events.push(data.event);
+    if (events.length > 50) events.shift();
+    drawCall(data.call_sid);
+  });
+  source.addEventListener("call_ended", (e) => {
+    const data = JSON.parse(e.data);
+    calls.delete(data.call_sid);
+    drawCall(data.call_sid);
+    if (only === data.call_sid) setTimeout(() => location.reload(), 1000); // the final record
+  });
+
+  setInterval(() => {
+    for (const timer of root.querySelectorAll(".elapsed")) {
+      timer.textContent = elapsed(Number(timer.dataset.startedAt));
+    }
+  }, 1000);
+})();

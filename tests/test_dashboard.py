@@ -1,0 +1,135 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Playwright).
+
+Against a running bridge with simulated calls: login is required, the live transcript appears
+while a call runs, and the call page shows what the caller heard and what they never heard.
+Screenshots are kept in artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+from bridge.sim.realtime_server import RealtimeSimulator
+from tests.test_store_support import (
+    BACKENDS,
+    TOKEN,
+    call_with_barge_in,
+    database,
+    logged_bridge,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
+WAIT_MS = 15_000
+
+
+@pytest.fixture(params=BACKENDS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_the_dashboard_needs_a_login(
+    simulator: RealtimeSimulator, tmp_path: Path, browser: Browser
+) -> None:
+    async with database("sqlite", tmp_path) as url, logged_bridge(simulator, url) as logged:
+        page = await browser.new_page()
+        await page.goto(f"{logged.base}/calls/CA123")
+        assert page.url == f"{logged.base}/login?next=%2Fcalls%2FCA123"
+        await page.fill("#token", "not the token")
+        await page.click("form[action='/login'] button")
+        await expect(page.get_by_role("alert")).to_contain_text("not right")
+        await page.fill("#token", TOKEN)
+        await page.click("form[action='/login'] button")
+        await expect(page.locator("p.error")).to_contain_text("no such call")  # landed on `next`
+        await page.goto(f"{logged.base}/")
+        await expect(page.locator("h1").first).to_contain_text("Live now")
+        await page.click("text=Log out")
+        await page.goto(f"{logged.base}/")
+        assert page.url.startswith(f"{logged.base}/login")
+        await page.close()
+
+
+async def test_live_transcript_and_the_heard_unheard_split(
+    simulator: RealtimeSimulator, db_url: str, browser: Browser
+) -> None:
+    backend = "postgresql" if db_url.startswith("postgresql") else "sqlite"
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with logged_bridge(simulator, db_url) as logged:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        await page.goto(f"{logged.base}/login")
+        await page.fill("#token", TOKEN)
+        await page.click("form[action='/login'] button")
+        await expect(page.locator("#live .empty")).to_be_visible()
+
+        async with asyncio.TaskGroup() as tg:
+            call = tg.create_task(call_with_barge_in(logged, simulator))
+            card = page.locator("#live .live-call")
+            await expect(card.locator(".turn.caller .text").first).to_have_text(
+                "When are you open?", timeout=WAIT_MS
+            )
+            await expect(card.locator(".turn.assistant .text").first).to_contain_text(
+                "Our opening hours", timeout=WAIT_MS
+            )
+            assert not call.done(), "the call ended before its live transcript was seen"
+            await page.screenshot(path=ARTIFACTS / f"dashboard-live-{backend}.png")
+        call_sid, truncate = call.result()
+        await expect(page.locator("#live .live-call")).to_have_count(0, timeout=WAIT_MS)
+
+        stored = await logged.stored(call_sid)
+        await page.goto(f"{logged.base}/")
+        await expect(page.locator(f"tr[data-call-sid='{call_sid}']")).to_contain_text(
+            "caller_hangup"
+        )
+        await page.click(f"tr[data-call-sid='{call_sid}'] a")
+        assert page.url == f"{logged.base}/calls/{call_sid}"
+        interrupted = page.locator(f".conversation li[data-item-id='{truncate['item_id']}']")
+        heard = await interrupted.locator(".heard").text_content()
+        unheard = await interrupted.locator(".unheard").text_content()
+        (full,) = [t["text"] for t in stored.turns if t["item_id"] == truncate["item_id"]]
+        assert heard
+        assert unheard
+        assert f"{heard.strip()} {unheard.strip()}" == full
+        await expect(interrupted.locator(".split-note")).to_contain_text("estimated")
+        await expect(interrupted.locator(".split-note")).to_contain_text(
+            f"{truncate['audio_end_ms'] / 1000:.1f} s"
+        )
+        await expect(page.locator(".conversation .latency").first).to_contain_text("ms")
+        await expect(page.locator("svg.timeline rect.turn.caller")).to_have_count(2)
+        await expect(page.locator("svg.timeline rect.turn.unheard")).to_have_count(1)
+        await expect(page.locator(".events tr.barge_in")).to_have_count(1)
+        await expect(page.locator(".end-reason")).to_contain_text("caller_hangup")
+        await page.screenshot(path=ARTIFACTS / f"dashboard-call-{backend}.png", full_page=True)
+        await context.close()
+    assert script_errors == []
