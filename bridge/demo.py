@@ -13,13 +13,14 @@ from pathlib import Path
 
 from bridge import logs
 from bridge.app import create_app
-from bridge.record import CallRecord, EndReason, MemoryRecorder
+from bridge.record import CallRecord, EndReason, FanOutRecorder, MemoryRecorder
 from bridge.server import serving
 from bridge.settings import Settings
 from bridge.sim.analysis import active_segments
 from bridge.sim.realtime_server import RealtimeSimulator, SimConfig
 from bridge.sim.signals import has_espeak, speech
 from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
+from bridge.store import CallLog
 
 CALLER_LINES = ("Hi Tyler, how's it going?", "Sorry, one more thing. What time do you open?")
 ASSISTANT_LINES = (
@@ -39,12 +40,15 @@ async def run_demo(wav_path: str, *, verbose: bool = False) -> int:
             realtime_url=simulator.url,
             tts_url=f"{simulator.http_base}/v1/audio/speech",
         )
-        recorder = MemoryRecorder()
-        async with serving(create_app(settings, recorder=recorder)) as base:
-            record, caller = await _place_call(base, recorder)
+        memory = MemoryRecorder()
+        # The embedded call log (SQLite under ./data), exactly as `bridge serve` keeps it.
+        async with CallLog.from_settings(settings) as call_log:
+            recorder = FanOutRecorder(memory, call_log.recorder)
+            async with serving(create_app(settings, recorder=recorder)) as base:
+                record, caller = await _place_call(base, memory)
     Path(wav_path).parent.mkdir(parents=True, exist_ok=True)
     caller.write_heard_wav(wav_path)
-    return _report(record, caller, wav_path)
+    return _report(record, caller, wav_path, settings.database_url)
 
 
 async def _place_call(base: str, recorder: MemoryRecorder) -> tuple[CallRecord, TwilioCaller]:
@@ -74,7 +78,7 @@ async def _place_call(base: str, recorder: MemoryRecorder) -> tuple[CallRecord, 
     raise RuntimeError("the bridge never finalised the call record")
 
 
-def _report(record: CallRecord, caller: TwilioCaller, wav_path: str) -> int:
+def _report(record: CallRecord, caller: TwilioCaller, wav_path: str, database: str) -> int:
     speech_kind = "espeak-ng speech" if has_espeak() else "synthetic speech (espeak-ng not found)"
     print(f"bridge demo: one simulated call over real sockets ({speech_kind})\n")
     print("timeline (seconds since the call started)")
@@ -116,6 +120,7 @@ def _report(record: CallRecord, caller: TwilioCaller, wav_path: str) -> int:
         f"frames in {record.frames_in}, out {record.frames_out}; barge-ins {record.barge_ins}"
     )
     print(f"the caller heard {heard_seconds:.1f} s of assistant audio -> {wav_path}")
+    print(f"call log: {database} (see it with `./dev bridge calls show {record.call_sid}`)")
     problems = []
     if record.end_reason is not EndReason.CALLER_HANGUP:
         problems.append(f"call ended by {record.end_reason}, not by the caller")

@@ -143,3 +143,30 @@ class MemoryRecorder:
             if record.call_sid == call_sid:
                 return record
         return self.live.get(call_sid)
+
+
+class FanOutRecorder:
+    """Hands every record to several recorders (the demo: memory for its report, and the log)."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders = recorders
+
+    def call_started(self, record: CallRecord) -> None:
+        for recorder in self.recorders:
+            recorder.call_started(record)
+
+    def call_event(self, record: CallRecord, event: CallEvent) -> None:
+        for recorder in self.recorders:
+            recorder.call_event(record, event)
+
+    def turn_updated(self, record: CallRecord, turn: Turn) -> None:
+        for recorder in self.recorders:
+            recorder.turn_updated(record, turn)
+
+    def call_ended(self, record: CallRecord) -> None:
+        for recorder in self.recorders:
+            recorder.call_ended(record)
+
+    def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
+        for recorder in self.recorders:
+            recorder.call_status(call_sid, status, params)
