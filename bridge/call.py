@@ -158,18 +158,12 @@ class Call:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 while True:
-                    text = await self._receive_text()
-                    if text is None:
-                        continue
-                    try:
-                        message = twilio.parse_message(text)
-                    except ProtocolViolation as exc:
-                        self._protocol_error(exc.detail)
+                    message = await self._receive_message()
+                    if message is None or isinstance(message, twilio.Connected):
                         continue
                     if isinstance(message, twilio.Start):
                         return message
-                    if not isinstance(message, twilio.Connected):
-                        self._protocol_error(f"{type(message).__name__.lower()} before start")
+                    self._protocol_error(f"{type(message).__name__.lower()} before start")
         except TimeoutError:
             raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
 
@@ -280,14 +274,7 @@ class Call:
         latency = metrics.ADDED_LATENCY_CALLER_TO_MODEL
         record = self.record
         while True:
-            text = await self._receive_text()
-            if text is None:
-                continue
-            try:
-                message = twilio.parse_message(text)
-            except ProtocolViolation as exc:
-                self._protocol_error(exc.detail)
-                continue
+            message = await self._receive_message()
             if isinstance(message, twilio.Media):
                 record.frames_in += 1
                 timed = latency.due()
@@ -311,19 +298,24 @@ class Call:
             elif isinstance(message, twilio.Start):
                 self._protocol_error("second start on one stream")
 
-    async def _receive_text(self) -> str | None:
-        """Next text frame, None for a frame to skip; a disconnect ends the call.
+    async def _receive_message(self) -> twilio.TwilioMessage | None:
+        """Next Twilio message; None for a bad frame (counted, logged); a disconnect ends the call.
 
         Reads raw ASGI messages: `iter_text()` would swallow the disconnect, and a call whose
         caller hung up would then keep its paid Realtime session open.
         """
-        message = await self._ws.receive()
-        if message["type"] == "websocket.disconnect":
-            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"close code {message.get('code')}")
-        text = message.get("text")
+        frame = await self._ws.receive()
+        if frame["type"] == "websocket.disconnect":
+            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"close code {frame.get('code')}")
+        text = frame.get("text")
         if text is None:
             self._protocol_error("binary frame")
-        return text
+            return None
+        try:
+            return twilio.parse_message(text)
+        except ProtocolViolation as exc:
+            self._protocol_error(exc.detail)
+            return None
 
     def _protocol_error(self, detail: str) -> None:
         self.record.protocol_errors += 1

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import typing
-from typing import Annotated, Any, Union
+from typing import Any
 
 import numpy as np
 import pytest
 import websockets
-from openai.types.realtime import RealtimeClientEventParam
-from pydantic import ConfigDict, Field, TypeAdapter
 
 from bridge.record import EndReason
 from bridge.settings import AudioMode
@@ -20,20 +17,10 @@ from bridge.sim.analysis import active_segments, dominant_frequency, snr_db
 from bridge.sim.realtime_server import Mode, RealtimeSimulator, SimSession
 from bridge.sim.signals import fade, from_pcm16, silence, to_ulaw, tone
 from tests.conftest import RunningBridge, running_bridge
+from tests.ga_types import GA_CLIENT_STRICT
 
 RATE_IN = 8000
 RATE_MODEL = 24000
-
-
-def _discriminated(alias: Any) -> Any:
-    if typing.get_origin(alias) is Annotated:
-        alias = typing.get_args(alias)[0]
-    return Annotated[Union[typing.get_args(alias)], Field(discriminator="type")]  # noqa: UP007
-
-
-GA_CLIENT_STRICT: TypeAdapter[Any] = TypeAdapter(
-    _discriminated(RealtimeClientEventParam), config=ConfigDict(extra="forbid")
-)
 
 
 def assert_ga_events(session: SimSession) -> None:

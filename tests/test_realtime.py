@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import typing
-from typing import Annotated, Any, Union
+from typing import Any
 
 import pytest
-from openai.types.realtime import RealtimeClientEventParam
-from pydantic import ConfigDict, Field, TypeAdapter
 
 from bridge import realtime
 from bridge.errors import ProtocolViolation
 from bridge.profiles import Profile, TurnDetection
 from bridge.settings import AudioMode
-
-
-def _discriminated(alias: Any) -> Any:
-    if typing.get_origin(alias) is Annotated:
-        alias = typing.get_args(alias)[0]
-    return Annotated[Union[typing.get_args(alias)], Field(discriminator="type")]  # noqa: UP007
-
-
-# Strict: unknown keys (for example the beta `modalities`) are errors.
-GA_CLIENT_STRICT: TypeAdapter[Any] = TypeAdapter(
-    _discriminated(RealtimeClientEventParam), config=ConfigDict(extra="forbid")
-)
+from tests.ga_types import GA_CLIENT_STRICT
 
 
 def validate_client_event(event: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from bridge.app import create_app
-from bridge.record import CallEvent, CallRecord, MemoryRecorder, Recorder, Turn
+from bridge.record import FanOutRecorder, MemoryRecorder
 from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
@@ -120,31 +120,8 @@ async def outage(url: str) -> AsyncIterator[None]:
         await admin.close()
 
 
-class Tee:
-    """Hands every recorder call to several recorders (the in-memory one is the reference)."""
-
-    def __init__(self, *recorders: Recorder) -> None:
-        self.recorders = recorders
-
-    def call_started(self, record: CallRecord) -> None:
-        for recorder in self.recorders:
-            recorder.call_started(record)
-
-    def call_event(self, record: CallRecord, event: CallEvent) -> None:
-        for recorder in self.recorders:
-            recorder.call_event(record, event)
-
-    def turn_updated(self, record: CallRecord, turn: Turn) -> None:
-        for recorder in self.recorders:
-            recorder.turn_updated(record, turn)
-
-    def call_ended(self, record: CallRecord) -> None:
-        for recorder in self.recorders:
-            recorder.call_ended(record)
-
-    def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
-        for recorder in self.recorders:
-            recorder.call_status(call_sid, status, params)
+# Hands every recorder call to several recorders (the in-memory one is the reference).
+Tee = FanOutRecorder
 
 
 @dataclasses.dataclass
