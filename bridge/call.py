@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
 SEND_TIMEOUT = 5.0  # a peer that cannot take a frame for this long is gone
+FAST_SEND_BYTES = 16 * 1024  # under websockets' default write high-water mark (32 KiB)
 FINALISE_TIMEOUT = 2.0
 MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # one second of fallback speech per media message
@@ -574,8 +575,12 @@ class Call:
         assert upstream is not None
         text = event if isinstance(event, str) else json.dumps(event)
         try:
-            async with asyncio.timeout(SEND_TIMEOUT):
+            if upstream.transport.get_write_buffer_size() < FAST_SEND_BYTES:
+                # Below websockets' high-water mark send() does not wait: skip the timer (hot path).
                 await upstream.send(text)
+            else:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await upstream.send(text)
         except ConnectionClosed as exc:
             raise _upstream_ended(exc) from None
         except TimeoutError:

@@ -1,14 +1,146 @@
-"""`bridge bench ...`: dispatch to the benchmark asked for."""
+"""`bridge bench ...`: the capacity/latency benchmark, or `bridge bench audio` (transcoder)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import importlib
+import os
 import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_JSON = "artifacts/bench-capacity.json"
+DEFAULT_CHART = "artifacts/bench-capacity.png"
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["audio"]:
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected calls like 50,100,200, got {text!r}") from None
+    if not levels or any(n <= 0 for n in levels):
+        raise argparse.ArgumentTypeError("levels must be positive call counts")
+    return levels
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a share between 0 and 1")
+    return value
+
+
+def _generator_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the generator when it is installed (it makes the generator cheaper; the
+    bridge's own loop is chosen by uvicorn, or --loop); else asyncio's default."""
+    try:
+        uvloop = importlib.import_module("uvloop")  # optional, so not imported statically
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge bench",
+        description="How many calls does one box hold, and what does the bridge add to the "
+        "conversation's latency? Runs simulated calls against a bridge it starts itself (with the "
+        "benchmark's Realtime model side as upstream) or one at --url. "
+        "`bridge bench audio` runs the transcoder microbenchmark instead.",
+    )
+    parser.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="steady phase (default 30)")
+    parser.add_argument("--ramp", type=float, help="ramp-up seconds (default: calls/40, 2..10)")
+    parser.add_argument("--sweep", type=_levels, help="levels instead of --calls: 50,100,200,400")
+    parser.add_argument("--url", help="a running bridge (http://host:port) instead of starting one")
+    parser.add_argument("--pid", type=int, help="the --url bridge's pid (default: found by port)")
+    parser.add_argument(
+        "--audio-mode", choices=["transcode", "pcmu"], default="transcode", help="bridge audio mode"
+    )
+    parser.add_argument(
+        "--barge-in", type=_share, default=0.3, help="share of replies talked over (default 0.3)"
+    )
+    parser.add_argument(
+        "--json", default=DEFAULT_JSON, help=f"report file (default {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--chart", default=DEFAULT_CHART, help=f"PNG chart (default {DEFAULT_CHART})"
+    )
+    parser.add_argument("--sim-host", default="127.0.0.1", help="model side's address (for --url)")
+    parser.add_argument("--sim-port", type=int, default=0, help="model side's port (for --url)")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="started bridge: create_app with the in-memory recorder instead of `bridge serve`",
+    )
+    parser.add_argument("--loop", help="started bridge: event loop (asyncio, uvloop)")
+    parser.add_argument("--http", help="started bridge: uvicorn http (h11, httptools)")
+    parser.add_argument("--ws", help="started bridge: uvicorn ws (websockets-sansio, websockets)")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="sample the bridge with py-spy over the steady phase; collapsed stacks to FILE "
+        "(-LEVEL added per sweep level); top entries printed",
+    )
+    parser.add_argument(
+        "--preload",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="started bridge: run this Python file first (a candidate hot-path patch)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["audio"]:
         from bridge.bench import audio
 
         return audio.main()
-    print("usage: bridge bench audio", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(arguments)
+    from bridge.bench import capacity, report
+
+    options = capacity.Options(
+        levels=args.sweep or (args.calls,),
+        seconds=args.seconds,
+        ramp=args.ramp,
+        url=args.url,
+        pid=args.pid,
+        audio_mode=args.audio_mode,
+        barge_in=args.barge_in,
+        sim_host=args.sim_host,
+        sim_port=args.sim_port,
+        loop=args.loop,
+        http=args.http,
+        ws=args.ws,
+        quiet=args.quiet,
+        profile=args.profile,
+        preload=tuple(os.path.abspath(path) for path in args.preload),
+        bare=args.bare,
+    )
+    try:
+        with asyncio.Runner(loop_factory=_generator_loop()) as runner:
+            result = runner.run(capacity.run(options))
+    except capacity.BenchError as exc:
+        print(f"bridge bench: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"bridge bench: {exc}", file=sys.stderr)
+        return 2
+    print(report.table(result))
+    report.write_json(result, args.json)
+    print(f"\nreport: {args.json}")
+    if report.chart(result, args.chart):
+        print(f"chart: {args.chart}")
+    else:
+        print("chart: skipped (matplotlib missing: install the `bench` extra)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Showing a capacity report: a text table, the JSON file, and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["chart", "table", "write_json"]
+
+Level = dict[str, Any]
+SATURATED_CORES = 0.85  # the bridge is one event loop: one core at most
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _lat(key: str) -> Callable[[Level], str]:
+    def cell(level: Level) -> str:
+        s = level["latency_ms"][key]
+        return f"{_ms(s['p50'])} / {_ms(s['p99'])} / {_ms(s['max'])}"
+
+    return cell
+
+
+ROWS: list[tuple[str, Callable[[Level], str]]] = [
+    ("calls held / failed", lambda v: f"{v['calls']['held']} / {v['calls']['failed']}"),
+    ("caller->model ms p50/p99/max", _lat("caller_to_model")),
+    ("model->caller ms p50/p99/max", _lat("model_to_caller")),
+    (
+        "clear ms p50/p99 (n)",
+        lambda v: (
+            f"{_ms(v['latency_ms']['clear']['p50'])} / "
+            f"{_ms(v['latency_ms']['clear']['p99'])} ({v['latency_ms']['clear']['count']})"
+        ),
+    ),
+    (
+        "truncation - heard ms p50/|p99|",
+        lambda v: (
+            f"{_ms(v['truncation_error_ms']['p50'])} / "
+            f"{_ms(v['truncation_error_ms']['abs_p99'])} ({v['truncation_error_ms']['count']})"
+        ),
+    ),
+    (
+        "underruns (longest gap ms)",
+        lambda v: f"{v['underruns']['count']} ({_ms(v['underruns']['gap_ms']['max'])})",
+    ),
+    (
+        "replies / barge-ins / missed",
+        lambda v: (
+            f"{v['turns']['replies']} / {v['turns']['barge_ins']} / {v['turns']['missed_replies']}"
+        ),
+    ),
+    (
+        "bridge CPU cores (kernel share)",
+        lambda v: f"{_num(v['bridge']['cpu_cores'])} ({_num(v['bridge'].get('cpu_system_share'))})",
+    ),
+    ("bridge CPU-s per call-minute", lambda v: _num(v["bridge"]["cpu_s_per_call_minute"], 3)),
+    ("bridge RSS peak MB", lambda v: _num(v["bridge"]["rss_peak_mb"], 1)),
+    ("bridge RSS per live call MB", lambda v: _num(v["bridge"]["rss_per_call_mb"], 3)),
+    (
+        "generator CPU cores (% core/call)",
+        lambda v: (
+            f"{_num(v['generator']['cpu_cores'])} "
+            f"({_num(v['generator']['cpu_percent_of_core_per_call'], 3)})"
+        ),
+    ),
+    ("generator tick lag p99 ms", lambda v: _ms(v["generator"]["tick_lag_ms"]["p99"])),
+    ("other load on the machine (cores)", lambda v: _num(v["machine"]["other_load_cores"])),
+]
+
+
+def table(report: dict[str, Any]) -> str:
+    levels: list[Level] = report["levels"]
+    header = ["level (calls)", *(str(v["level"]) for v in levels)]
+    rows = [header] + [[label, *(cell(v) for v in levels)] for label, cell in ROWS]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    config = report["config"]
+    lines.insert(
+        0,
+        f"bridge capacity, audio mode {config['audio_mode']}, "
+        f"{report['machine']['cores']} cores, load average at end "
+        f"{report['machine']['loadavg_at_end']}",
+    )
+    lines.append("")
+    knee = report["knee"]
+    if len(levels) > 1 or knee["calls"] is not None:
+        lines.append(
+            f"knee: {knee['calls'] if knee['calls'] is not None else 'none'} calls "
+            f"({knee['rule']}, limit {knee['limit_ms']:g} ms)"
+        )
+    for level in levels:
+        if level["calls"]["failures"]:
+            reasons = ", ".join(f"{k}: {n}" for k, n in level["calls"]["failures"].items())
+            lines.append(f"level {level['level']}: failed calls: {reasons}")
+        cores = level["bridge"]["cpu_cores"]
+        if cores is not None and cores >= SATURATED_CORES:
+            lines.append(
+                f"level {level['level']}: the bridge is SATURATED ({cores:.2f} of the one core its "
+                "event loop can use): latency is queueing, CPU per call-minute is understated"
+            )
+        if level["generator"]["bottleneck"]:
+            lines.append(
+                f"level {level['level']}: the GENERATOR, not the bridge, is the bottleneck "
+                f"({'; '.join(level['generator']['why'])}): latencies are overstated"
+            )
+        top = level.get("profile")
+        if top and top["self"]:
+            lines.append(f"level {level['level']}: bridge profile, {top['samples']} busy samples")
+            lines.append("  self %   function")
+            lines += [f"  {share:6.1f}   {name}" for name, share in top["self"]]
+            lines.append("  incl %   function")
+            lines += [f"  {share:6.1f}   {name}" for name, share in top["inclusive"]]
+        if level["bridge"]["pid"] is None:
+            lines.append(f"level {level['level']}: bridge pid unknown (use --pid): no CPU/memory")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def chart(report: dict[str, Any], path: str | Path) -> bool:
+    """Latency percentiles and CPU per call against concurrency, and latency CDFs; False when
+    matplotlib (the `bench` extra) is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    levels: list[Level] = report["levels"]
+    calls = [v["level"] for v in levels]
+    fig, (lat, cpu, cdf) = plt.subplots(1, 3, figsize=(16, 5))
+    styles = {
+        "caller_to_model": ("caller->model", "tab:blue"),
+        "model_to_caller": ("model->caller", "tab:orange"),
+        "clear": ("clear", "tab:green"),
+    }
+    for key, (label, color) in styles.items():
+        for stat, line in (("p50", ":"), ("p99", "-")):
+            values = [v["latency_ms"][key][stat] for v in levels]
+            xs = [c for c, y in zip(calls, values, strict=True) if y is not None]
+            ys = [y for y in values if y is not None]
+            if ys:
+                lat.plot(xs, ys, line, marker="o", color=color, label=f"{label} {stat}")
+    lat.axhline(20.0, color="grey", linewidth=0.8)
+    lat.axhline(5.0, color="grey", linewidth=0.8, linestyle="--")
+    lat.set(xlabel="concurrent calls", ylabel="bridge-added latency (ms)", title="latency")
+    lat.set_yscale("log")
+    lat.legend(fontsize=7)
+    per_min = [v["bridge"]["cpu_s_per_call_minute"] for v in levels]
+    points = [(c, y) for c, y in zip(calls, per_min, strict=True) if y is not None]
+    if points:
+        cpu.plot(*zip(*points, strict=True), marker="o", label="bridge CPU-s per call-minute")
+    gen = [v["generator"]["cpu_percent_of_core_per_call"] for v in levels]
+    points = [(c, y / 100.0 * 60.0) for c, y in zip(calls, gen, strict=True) if y is not None]
+    if points:
+        cpu.plot(
+            *zip(*points, strict=True),
+            marker="s",
+            linestyle="--",
+            label="generator CPU-s per call-minute",
+        )
+    cpu.axhline(0.3, color="grey", linewidth=0.8)
+    cpu.set(xlabel="concurrent calls", ylabel="CPU-s per call-minute", title="CPU per call")
+    cpu.set_ylim(bottom=0)
+    cpu.legend(fontsize=7)
+    for level in levels:
+        for key, (label, _) in list(styles.items())[:2]:
+            q = level["cdf_ms"][key]
+            if q:
+                share = [i / (len(q) - 1) for i in range(len(q))]
+                cdf.plot(q, share, label=f"{level['level']} calls {label}")
+    cdf.set(xlabel="bridge-added latency (ms)", ylabel="share of samples", title="latency CDF")
+    cdf.set_xscale("log")
+    cdf.legend(fontsize=7)
+    mode = report["config"]["audio_mode"]
+    fig.suptitle(f"bridge capacity ({mode}, {report['machine']['cores']} cores)")
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,119 @@
+"""`python -m bridge.bench.target`: the bridge under test, in a process of its own.
+
+By default it runs what `bridge serve` runs (`bridge.cli.serve`: the app with its call log in a
+throw-away SQLite file, the drain on SIGTERM, INFO logging), with the Realtime URL pointing at the
+benchmark's model side, so /proc/<pid> shows the bridge's own CPU and memory. `--bare` serves
+`create_app(settings)` with the in-memory recorder instead, to measure the media path alone.
+`--loop`, `--http` and `--ws` override the event loop and uvicorn's choices, and `--preload FILE`
+runs a Python file first (a candidate hot-path change, applied as a patch), to measure
+alternatives. Prints the base URL on stdout before serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import runpy
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+
+from bridge import logs, server
+from bridge.settings import AudioMode, Settings
+
+__all__ = ["main"]
+
+DRAIN_SECONDS = 5.0  # the benchmark hangs up every call before it stops the bridge
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge.bench.target", description=__doc__)
+    parser.add_argument("--realtime-url", required=True)
+    parser.add_argument("--audio-mode", choices=[m.value for m in AudioMode], default="transcode")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    parser.add_argument("--bare", action="store_true", help="create_app + in-memory recorder")
+    parser.add_argument("--loop", default=None, help="event loop: asyncio (default), uvloop")
+    parser.add_argument("--http", default=None, help="uvicorn http: h11, httptools")
+    parser.add_argument("--ws", default=None, help="uvicorn ws: websockets-sansio, wsproto")
+    parser.add_argument(
+        "--preload", action="append", default=[], help="Python file to run before serving"
+    )
+    return parser
+
+
+def _override_uvicorn(overrides: dict[str, str]) -> None:
+    """Make `bridge.server.uvicorn_config` (which `bridge serve` uses) apply `overrides`."""
+    original = server.uvicorn_config
+
+    def uvicorn_config(*args: Any, **kwargs: Any) -> uvicorn.Config:
+        config = original(*args, **kwargs)
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        return config
+
+    server.uvicorn_config = uvicorn_config
+
+
+def _loop_factory(name: str | None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name in (None, "asyncio"):
+        return None
+    module = importlib.import_module(name)  # uvloop (optional, so not imported statically)
+    factory: Callable[[], asyncio.AbstractEventLoop] = module.new_event_loop
+    return factory
+
+
+def _free_port(host: str) -> int:
+    # `bridge serve` binds its own socket (as production does: create_server sets TCP_NODELAY),
+    # so pick a port first; on loopback nothing else takes it in between.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for path in args.preload:
+        runpy.run_path(path, run_name="__bench_preload__")
+    overrides = {name: getattr(args, name) for name in ("http", "ws") if getattr(args, name)}
+    _override_uvicorn(overrides)
+    http_base = "http" + args.realtime_url.removeprefix("ws").split("/v1/", 1)[0]
+    port = args.port or _free_port(args.host)
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-target-") as data:
+        settings = Settings(
+            openai_api_key="bench-key",
+            realtime_url=args.realtime_url,
+            tts_url=f"{http_base}/v1/audio/speech",
+            audio_mode=AudioMode(args.audio_mode),
+            log_level=args.log_level,
+            database_url=f"sqlite+aiosqlite:///{data}/calls.db",
+            drain_seconds=DRAIN_SECONDS,
+        )
+        logs.configure(settings.log_level, settings.log_format)
+        print(f"http://{args.host}:{port}", flush=True)
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+            if args.bare:
+                runner.run(_serve_bare(settings, args.host, port))
+            else:
+                from bridge.cli import serve
+
+                runner.run(serve(settings, args.host, port))
+    return 0
+
+
+async def _serve_bare(settings: Settings, host: str, port: int) -> None:
+    from bridge.app import create_app
+
+    config = server.uvicorn_config(create_app(settings), host, port, log_level="info")
+    await uvicorn.Server(config).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Minimal RFC 6455 for the load generator: handshakes, frame encoding and a streaming reader.
+
+Sans-I/O. The generator talks only to known peers on loopback, so this handles what they send
+(text and binary messages, fragmented or not, ping, pong, close) and nothing more: no extensions,
+no UTF-8 validation. It exists because `websockets`' asyncio connection costs the generator
+several times more CPU per message than the bridge it is supposed to measure.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+
+_c_apply_mask: Callable[[bytes, bytes], bytes] | None
+try:
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - the wheels ship the C extension
+    _c_apply_mask = None
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
+    "HandshakeError",
+    "accept_key",
+    "apply_mask",
+    "client_request",
+    "close_payload",
+    "encode",
+    "parse_head",
+    "server_response",
+]
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# RFC 6455 §5.3 wants an unpredictable key so that hostile scripts cannot steer what proxies
+# see. Between the generator and a server on loopback there is no proxy and no script: a zero key
+# keeps the payload as is, and the server still runs its full unmasking pass.
+_ZERO_KEY = b"\x00\x00\x00\x00"
+MAX_HEAD = 16 * 1024
+
+
+class HandshakeError(Exception):
+    """The peer's opening handshake is not a WebSocket upgrade we can accept."""
+
+
+def apply_mask(data: bytes, key: bytes) -> bytes:
+    """XOR `data` with the 4-byte `key` repeated (C speedup when available)."""
+    if _c_apply_mask is not None:
+        return bytes(_c_apply_mask(data, key))
+    n = len(data)
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+
+
+def encode(opcode: int, payload: bytes, *, mask: bool) -> bytes:
+    """One final frame; clients (`mask=True`) mask with the zero key (see `_ZERO_KEY`)."""
+    n = len(payload)
+    first = 0x80 | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((first, bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", first, bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", first, bit | 127, n)
+    return head + _ZERO_KEY + payload if mask else head + payload
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")[:120]
+
+
+class FrameReader:
+    """Bytes in, whole messages out: `(opcode, payload)`, fragments joined, masks removed."""
+
+    __slots__ = ("_buf", "_fragments", "_opcode")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._fragments: list[bytes] = []
+        self._opcode = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf + data if self._buf else data
+        out: list[tuple[int, bytes]] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            key = b""
+            if b1 & 0x80:
+                key = buf[pos + head : pos + head + 4]
+                head += 4
+            if end - pos < head + n:
+                break
+            payload = buf[pos + head : pos + head + n]
+            pos += head + n
+            if key and key != _ZERO_KEY:
+                payload = apply_mask(payload, key)
+            opcode = b0 & 0x0F
+            # Control frames are never fragmented; a final non-continuation frame is whole.
+            if opcode >= OP_CLOSE or (b0 & 0x80 and opcode != OP_CONT and not self._fragments):
+                out.append((opcode, payload))
+            else:
+                if opcode != OP_CONT:
+                    self._opcode = opcode
+                self._fragments.append(payload)
+                if b0 & 0x80:
+                    out.append((self._opcode, b"".join(self._fragments)))
+                    self._fragments.clear()
+        self._buf = buf[pos:] if pos < end else b""
+        return out
+
+
+def accept_key(key: str) -> str:
+    """`Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def client_request(host: str, target: str, headers: dict[str, str]) -> tuple[bytes, str]:
+    """The opening request (bytes) and the accept value the server must answer with."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), accept_key(key)
+
+
+def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """An HTTP head (up to the blank line) -> (start line, lower-cased headers)."""
+    text = head.decode("latin-1")
+    start, *rest = text.split("\r\n")
+    headers: dict[str, str] = {}
+    for line in rest:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return start, headers
+
+
+def server_response(head: bytes) -> tuple[bytes, str]:
+    """Answer a client's opening request: the 101 response and the request target."""
+    start, headers = parse_head(head)
+    method, _, rest = start.partition(" ")
+    target = rest.rpartition(" ")[0]
+    if method != "GET" or headers.get("upgrade", "").lower() != "websocket":
+        raise HandshakeError(f"not a WebSocket upgrade: {start!r:.80}")
+    key = headers.get("sec-websocket-key")
+    if not key:
+        raise HandshakeError("missing Sec-WebSocket-Key")
+    response = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+    )
+    return response.encode("latin-1"), target
