@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from bridge import logs, server
+from bridge.cli import event_loop_factory
 from bridge.settings import AudioMode, Settings
 
 __all__ = ["main"]
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     parser.add_argument("--bare", action="store_true", help="create_app + in-memory recorder")
-    parser.add_argument("--loop", default=None, help="event loop: asyncio (default), uvloop")
+    parser.add_argument(
+        "--loop", default=None, help="event loop: asyncio, uvloop (default: as `bridge serve`)"
+    )
     parser.add_argument("--http", default=None, help="uvicorn http: h11, httptools")
     parser.add_argument("--ws", default=None, help="uvicorn ws: websockets-sansio, wsproto")
     parser.add_argument(
@@ -62,7 +65,9 @@ def _override_uvicorn(overrides: dict[str, str]) -> None:
 
 
 def _loop_factory(name: str | None) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if name in (None, "asyncio"):
+    if name is None:
+        return event_loop_factory()  # what `bridge serve` runs on
+    if name == "asyncio":
         return None
     module = importlib.import_module(name)  # uvloop (optional, so not imported statically)
     factory: Callable[[], asyncio.AbstractEventLoop] = module.new_event_loop
