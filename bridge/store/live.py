@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.record import CallEvent, CallRecord, Turn
-from bridge.store.rows import event_detail
+from bridge.store.rows import event_detail, turn_fields
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +39,7 @@ def call_info(record: CallRecord, instance: str) -> dict[str, Any]:
 
 
 def turn_info(record: CallRecord, turn: Turn) -> dict[str, Any]:
-    return {
-        "item_id": turn.item_id,
-        "role": turn.role,
-        "source": turn.source,
-        "started_at": turn.started_at,
-        "ended_at": turn.ended_at,
-        "text": turn.text if record.keep_transcripts else None,
-        "interrupted": turn.interrupted,
-        "heard_ms": turn.heard_ms,
-        "audio_ms": round(turn.audio_ms, 1),
-        "latency_ms": turn.latency_ms,
-    }
+    return turn_fields(record, turn)
 
 
 class Subscription:

@@ -64,10 +64,13 @@ def call_row(record: CallRecord, prices: PriceTable, instance: str) -> dict[str,
 
 
 def turn_row(record: CallRecord, seq: int, turn: Turn) -> dict[str, Any]:
+    return {"call_sid": record.call_sid, "seq": seq, **turn_fields(record, turn)}
+
+
+def turn_fields(record: CallRecord, turn: Turn) -> dict[str, Any]:
+    """A turn as stored and as streamed live; no text when the profile keeps no transcripts."""
     return {
-        "call_sid": record.call_sid,
         "item_id": turn.item_id,
-        "seq": seq,
         "role": turn.role,
         "source": turn.source,
         "started_at": turn.started_at,
