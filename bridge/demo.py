@@ -94,7 +94,7 @@ def _report(record: CallRecord, caller: TwilioCaller, wav_path: str, database: s
             cut = round(len(text) * min(1.0, turn.heard_ms / turn.audio_ms))
             cut = max(0, text.rfind(" ", 0, cut + 1))  # at a word boundary
             text = (
-                f"{text[:cut]} / [not heard:] {text[cut:]}  "
+                f"{text[:cut]} / [not heard:] {text[cut:].lstrip()}  "
                 f"[interrupted: heard {turn.heard_ms} of {turn.audio_ms:.0f} ms]"
             )
         rows.append((turn.started_at, f"{turn.started_at:6.2f}-{end}  assistant  {text}"))
