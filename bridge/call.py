@@ -252,7 +252,7 @@ class Call:
         if self._goodbye and profile is not None:
             try:
                 async with asyncio.timeout(GOODBYE_TIMEOUT):
-                    await self._barge_in()  # stop whatever is playing; the goodbye comes next
+                    await self._barge_in(by_caller=False)  # stop what plays; the goodbye is next
                     self._response_finished.clear()
                     await self._request_response(
                         realtime.say_exactly(profile.instructions, self._goodbye)
@@ -435,8 +435,12 @@ class Call:
         if frames:
             await self._play(item, b"".join(frames))
 
-    async def _barge_in(self) -> None:
-        """The caller started talking: stop the assistant where the caller stopped hearing it."""
+    async def _barge_in(self, *, by_caller: bool = True) -> None:
+        """The caller started talking: stop the assistant where the caller stopped hearing it.
+
+        Also used to silence the assistant before a shutdown goodbye (`by_caller=False`: not
+        counted as a barge-in).
+        """
         started = time.perf_counter()
         now = self._loop.time()
         plan = self._playback.interrupt(
@@ -446,7 +450,7 @@ class Call:
             writer = self._writer
             assert writer is not None
             await self._send_caller(writer.clear())  # first: every ms here is heard by the caller
-            if not self._shutdown.is_set():
+            if by_caller:
                 metrics.barge_in(time.perf_counter() - started)
         self._to_caller.reset()
         self._framer.reset()
@@ -467,7 +471,7 @@ class Call:
         if plan.cancel and self._response_id is not None:
             self._dropped_responses.add(self._response_id)
             await self._send_model(realtime.response_cancel(event_id=self._next_id()))
-        if plan.clear or plan.cancel:
+        if by_caller and (plan.clear or plan.cancel):
             self.record.barge_ins += 1
             self._event(
                 "barge_in",
