@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,13 +31,13 @@ from bridge.profiles import Profile
 from bridge.record import MemoryRecorder, Recorder
 from bridge.settings import Settings
 from bridge.tts import SpeechClient
+from bridge.web.auth import Access, Guard
 
 logger = logging.getLogger(__name__)
 
 TWIML = "application/xml"
 STATUS_PATH = "/twilio/status"
 RELOAD_PATH = "/api/numbers/reload"
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 MAX_FORM_BYTES = 64 * 1024  # Twilio's webhooks are a few hundred bytes; refuse floods early
 
 
@@ -99,6 +97,8 @@ class Bridge:
                 "Development only; BRIDGE_ENV=production refuses to start like this."
             )
         self.numbers = numbers.Numbers(settings)
+        self.guard = Guard(settings)
+        self._exposition = metrics.metrics_endpoint(None)
         self._choose_profile = profile_for
         self.live_calls = CallRegistry()
         self.speech: SpeechClient | None = None
@@ -280,16 +280,9 @@ class Bridge:
         Needs the admin token; without one configured, only direct loopback requests (nothing
         relayed by a proxy), as for the rest of the admin API.
         """
-        admin = self.settings.admin_token
-        if admin is None and not _direct_loopback(request):
-            return PlainTextResponse("set BRIDGE_ADMIN_TOKEN to reload from elsewhere", 403)
-        if admin is not None:
-            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-            expected = admin.get_secret_value().encode()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                offered.strip().encode(), expected
-            ):
-                return PlainTextResponse("invalid admin token", 401)
+        refusal = self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
         try:
             directory = self.numbers.reload("admin API")
         except ConfigError as exc:
@@ -302,6 +295,21 @@ class Bridge:
                 "numbers": len(directory.numbers),
             }
         )
+
+    def _admin_refusal(self, request: Request) -> Response | None:
+        """The admin token's rule, as for the dashboard: without one, direct loopback only."""
+        access = self.guard.check(request)
+        if access is Access.LOOPBACK_ONLY:
+            return PlainTextResponse("set BRIDGE_ADMIN_TOKEN to use this from elsewhere", 403)
+        if access is Access.LOGIN:
+            return PlainTextResponse(
+                "invalid admin token", 401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus exposition, guarded like the API (BRIDGE_METRICS_PORT serves it openly)."""
+        return self._admin_refusal(request) or await self._exposition(request)
 
     async def healthz(self, request: Request) -> Response:
         """The process is alive (liveness): nothing else is checked."""
@@ -327,16 +335,6 @@ class Bridge:
         )
 
 
-def _direct_loopback(connection: HTTPConnection) -> bool:
-    if any(name in connection.headers for name in PROXY_HEADERS):
-        return False
-    host = connection.client.host if connection.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def create_app(
     settings: Settings,
     *,
@@ -359,7 +357,7 @@ def create_app(
             Route(RELOAD_PATH, bridge.reload_numbers, methods=["POST"]),
             Route("/healthz", bridge.healthz, methods=["GET"]),
             Route("/readyz", bridge.readyz, methods=["GET"]),
-            Route("/metrics", metrics.metrics_endpoint(settings.admin_token), methods=["GET"]),
+            Route("/metrics", bridge.metrics, methods=["GET"]),
             *routes,
         ],
         lifespan=bridge.lifespan,

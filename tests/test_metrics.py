@@ -15,7 +15,9 @@ from starlette.routing import Route
 from bridge import metrics
 from bridge.record import EndReason
 from bridge.server import serving
+from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.speech_guarantee import Recovery
+from tests.conftest import running_bridge
 
 # The names dashboards, alerts and deploy/k8s/hpa.yaml use: renaming one breaks them.
 EXPECTED_NAMES = (
@@ -210,3 +212,27 @@ async def test_metrics_app_serves_without_a_token() -> None:
         assert response.status_code == 200
         assert "# TYPE bridge_draining gauge" in response.text
         assert (await client.get("/")).status_code == 404
+
+
+async def test_app_metrics_follow_the_admin_rule(simulator: RealtimeSimulator) -> None:
+    """Without a token: direct loopback only; with one: the bearer token is required."""
+    async with running_bridge(simulator) as open_bridge, httpx.AsyncClient() as client:
+        local = await client.get(f"{open_bridge.base}/metrics")
+        assert local.status_code == 200
+        assert "bridge_live_calls" in local.text
+        relayed = await client.get(
+            f"{open_bridge.base}/metrics", headers={"X-Forwarded-For": "203.0.113.9"}
+        )
+        assert relayed.status_code == 403
+    token = "s3cret-admin"
+    async with running_bridge(simulator, admin_token=token) as closed_bridge:
+        async with httpx.AsyncClient() as client:
+            refused = await client.get(f"{closed_bridge.base}/metrics")
+            wrong = await client.get(
+                f"{closed_bridge.base}/metrics", headers={"Authorization": "Bearer nope"}
+            )
+            allowed = await client.get(
+                f"{closed_bridge.base}/metrics", headers={"Authorization": f"Bearer {token}"}
+            )
+        assert (refused.status_code, wrong.status_code, allowed.status_code) == (401, 401, 200)
+        assert "bridge_calls_ended_total" in allowed.text
