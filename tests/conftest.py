@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,3 +100,18 @@ async def simulator() -> AsyncIterator[RealtimeSimulator]:
 async def bridge(simulator: RealtimeSimulator) -> AsyncIterator[RunningBridge]:
     async with running_bridge(simulator) as running:
         yield running
+
+
+def run_bridge(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bridge.cli ARGS` with only the given bridge/OpenAI/Twilio variables set."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BRIDGE_", "TWILIO_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

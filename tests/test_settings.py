@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from bridge.errors import ConfigError
 from bridge.settings import AudioMode, Settings
+from tests.conftest import run_bridge
 
 
 def test_defaults_need_only_the_key() -> None:
@@ -50,16 +47,7 @@ def test_every_problem_is_named_by_its_variable() -> None:
 
 
 def test_serve_exits_2_with_a_clear_message() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BRIDGE_"))}
-    env["BRIDGE_PUBLIC_URL"] = "ftp://nope"
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "serve", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bridge("serve", "--port", "0", BRIDGE_PUBLIC_URL="ftp://nope")
     assert result.returncode == 2
     assert "OPENAI_API_KEY: is required" in result.stderr
     assert "BRIDGE_PUBLIC_URL" in result.stderr

@@ -13,6 +13,7 @@ from bridge.store.live import LiveFeed
 from bridge.store.pricing import PriceTable
 from bridge.store.rows import status_rows
 from bridge.web.timeline import timeline_svg
+from tests.test_store_support import PRICES
 
 TEXT = "Our opening hours are nine until six on weekdays"
 
@@ -44,20 +45,7 @@ def test_split_heard_never_cuts_a_word() -> None:
 
 
 def test_cost_from_usage_with_cached_tokens_split_by_share() -> None:
-    table = PriceTable.parse(
-        {
-            "models": {
-                "gpt-realtime": {
-                    "text_input": 4.0,
-                    "cached_text_input": 0.4,
-                    "audio_input": 32.0,
-                    "cached_audio_input": 0.4,
-                    "text_output": 16.0,
-                    "audio_output": 64.0,
-                }
-            }
-        }
-    )
+    table = PRICES  # the shipped gpt-realtime prices, as the store tests use them
     usage = {
         "input_tokens": 1000,
         "input_token_details.text_tokens": 600,

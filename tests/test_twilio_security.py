@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -23,7 +21,7 @@ from bridge.record import EndReason, MemoryRecorder
 from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.twilio_caller import TwilioCaller, loopback_url, parse_stream
-from tests.conftest import RunningBridge, make_settings
+from tests.conftest import RunningBridge, make_settings, run_bridge
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://bridge.example.com"
@@ -252,17 +250,6 @@ async def test_no_token_warns_loudly_and_production_refuses_to_start(
 
 
 def test_serve_in_production_without_a_token_exits_2() -> None:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BRIDGE_", "TWILIO_"))
-    }
-    env.update(OPENAI_API_KEY="sk-test", BRIDGE_ENV="production")
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "serve", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bridge("serve", "--port", "0", OPENAI_API_KEY="sk-test", BRIDGE_ENV="production")
     assert result.returncode == 2
     assert "TWILIO_AUTH_TOKEN: required when BRIDGE_ENV=production" in result.stderr
