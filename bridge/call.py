@@ -32,12 +32,12 @@ from bridge.settings import AudioMode, Settings
 from bridge.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
+from bridge.upstream_writer import UpstreamWriter
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
 SEND_TIMEOUT = 5.0  # a peer that cannot take a frame for this long is gone
-FAST_SEND_BYTES = 16 * 1024  # under websockets' default write high-water mark (32 KiB)
 FINALISE_TIMEOUT = 2.0
 MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # one second of fallback speech per media message
@@ -81,6 +81,7 @@ class Call:
         self._t0 = self._loop.time()
         self.record = CallRecord(call_sid="", stream_sid="")
         self._upstream: ClientConnection | None = None
+        self._to_upstream: UpstreamWriter | None = None
         self._writer: twilio.StreamWriter | None = None
         self._profile: Profile | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -126,6 +127,7 @@ class Call:
             assert profile is not None
             async with open_session(self._services.settings, profile.model) as upstream:
                 self._upstream = upstream
+                self._to_upstream = UpstreamWriter(upstream)
                 await self._send_model(realtime.session_update(profile))
                 if profile.greeting:
                     await self._request_response(
@@ -575,16 +577,15 @@ class Call:
     # ---- I/O helpers ---------------------------------------------------------------------------
 
     async def _send_model(self, event: dict[str, Any] | str) -> None:
-        upstream = self._upstream
+        upstream, direct = self._upstream, self._to_upstream
         assert upstream is not None
+        assert direct is not None
         text = event if isinstance(event, str) else json.dumps(event)
+        if direct.try_send(text):  # hot path: written at once, nothing to wait for
+            return
         try:
-            if upstream.transport.get_write_buffer_size() < FAST_SEND_BYTES:
-                # Below websockets' high-water mark send() does not wait: skip the timer (hot path).
+            async with asyncio.timeout(SEND_TIMEOUT):
                 await upstream.send(text)
-            else:
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await upstream.send(text)
         except ConnectionClosed as exc:
             raise _upstream_ended(exc) from None
         except TimeoutError:

@@ -11,6 +11,8 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
+from bridge.ws_protocol import MediaStreamProtocol
+
 
 def uvicorn_config(
     app: ASGIApp, host: str, port: int, *, log_level: str = "warning"
@@ -20,7 +22,8 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        ws="websockets-sansio",
+        ws=MediaStreamProtocol,
+        ws_per_message_deflate=False,  # audio does not compress; deflate would cost CPU per frame
         ws_max_size=256 * 1024,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -100,7 +101,7 @@ def _snr_440_db() -> float:
     return analysis.snr_db(y, signals.tone(440.0, 1.0, _RATE_OUT))
 
 
-def _gain_db(y: NDArray[np.float32], freq_hz: float, rate: int) -> float:
+def _gain_db(y: NDArray[np.floating[Any]], freq_hz: float, rate: int) -> float:
     n = np.arange(len(y)) / rate
     basis = np.stack([np.sin(2 * np.pi * freq_hz * n), np.cos(2 * np.pi * freq_hz * n)], axis=1)
     coef, *_ = np.linalg.lstsq(basis, y.astype(np.float64), rcond=None)
