@@ -28,7 +28,7 @@ async def echo_url() -> AsyncIterator[str]:
             await ws.send(message)
 
     async with serve(echo, "127.0.0.1", 0, compression=None, max_size=None) as srv:
-        port = srv.sockets[0].getsockname()[1]
+        port = next(iter(srv.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
 
 
@@ -68,7 +68,7 @@ async def test_direct_write_steps_aside_when_the_peer_stops_reading() -> None:
     async with serve(
         stalled, "127.0.0.1", 0, compression=None, max_size=None, close_timeout=0.2
     ) as srv:
-        port = srv.sockets[0].getsockname()[1]
+        port = next(iter(srv.sockets)).getsockname()[1]
         conn: ClientConnection
         async with connect(f"ws://127.0.0.1:{port}", compression=None, close_timeout=0.2) as conn:
             writer = UpstreamWriter(conn)
@@ -93,7 +93,7 @@ def test_masks_come_from_fresh_randomness_in_blocks() -> None:
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
 def test_text_frame_is_what_a_server_parser_reads(size: int) -> None:
-    from websockets.frames import Opcode
+    from websockets.frames import Frame, Opcode
     from websockets.protocol import Protocol, Side, State
 
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
@@ -104,6 +104,7 @@ def test_text_frame_is_what_a_server_parser_reads(size: int) -> None:
     parser = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
     parser.receive_data(frame)
     (event,) = parser.events_received()
+    assert isinstance(event, Frame)
     assert event.opcode is Opcode.TEXT
     assert event.fin
     assert event.data == payload
