@@ -33,12 +33,14 @@ from bridge.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
 from bridge.upstream_writer import UpstreamWriter
+from bridge.ws_protocol import BACKLOG_EXTENSION
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
 SEND_TIMEOUT = 5.0  # a peer that cannot take a frame for this long is gone
 FINALISE_TIMEOUT = 2.0
+MAX_FRAMES_PER_APPEND = 10  # when behind, up to 200 ms of caller audio in one append
 MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # one second of fallback speech per media message
 GOODBYE_TIMEOUT = 15.0  # a shutdown goodbye is short; never hold the drain longer than this
@@ -276,30 +278,55 @@ class Call:
         transcode = metrics.TRANSCODE_CALLER_TO_MODEL.call
         latency = metrics.ADDED_LATENCY_CALLER_TO_MODEL
         record = self.record
+        backlog = self._ws.scope.get("extensions", {}).get(BACKLOG_EXTENSION)
         while True:
             message = await self._receive_message()
-            if isinstance(message, twilio.Media):
-                record.frames_in += 1
-                timed = latency.due()
-                started = time.perf_counter() if timed else 0.0
-                payload = (
-                    message.payload if convert is None else transcode(convert, message.payload)
+            if not isinstance(message, twilio.Media):
+                self._on_caller_message(message)
+                continue
+            payload, frames, following = message.payload, 1, None
+            if backlog is not None and backlog():
+                # Behind: frames have piled up. Send them in one append, not one each.
+                payload, frames, following = await self._gather_backlog(payload, backlog)
+            record.frames_in += frames
+            timed = latency.due()
+            started = time.perf_counter() if timed else 0.0
+            await self._send_model(
+                realtime.input_audio_append(
+                    payload if convert is None else transcode(convert, payload)
                 )
-                await self._send_model(realtime.input_audio_append(payload))
-                if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
-                    latency.record(time.perf_counter() - started)
-            elif isinstance(message, twilio.Mark):
-                item_id = self._playback.echoed(message.name, self._loop.time())
-                turn = self._turns.get(item_id) if item_id is not None else None
-                if turn is not None and not turn.interrupted:
-                    turn.ended_at = self._now()  # played up to here
-                    self._turn_updated(turn)
-            elif isinstance(message, twilio.Stop):
-                raise CallEnded(EndReason.CALLER_HANGUP)
-            elif isinstance(message, twilio.Dtmf):
-                self._event("dtmf", digit=message.digit)
-            elif isinstance(message, twilio.Start):
-                self._protocol_error("second start on one stream")
+            )
+            if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
+                latency.record(time.perf_counter() - started)
+            if following is not None:
+                self._on_caller_message(following)
+
+    async def _gather_backlog(
+        self, payload: bytes, backlog: Callable[[], int]
+    ) -> tuple[bytes, int, twilio.TwilioMessage | None]:
+        """Media frames already queued behind `payload`, joined, and how many; then the first
+        other message, if that is what ended the run."""
+        parts = [payload]
+        while backlog() and len(parts) < MAX_FRAMES_PER_APPEND:
+            message = await self._receive_message()  # queued: returns without waiting
+            if not isinstance(message, twilio.Media):
+                return b"".join(parts), len(parts), message
+            parts.append(message.payload)
+        return b"".join(parts), len(parts), None
+
+    def _on_caller_message(self, message: twilio.TwilioMessage | None) -> None:
+        if isinstance(message, twilio.Mark):
+            item_id = self._playback.echoed(message.name, self._loop.time())
+            turn = self._turns.get(item_id) if item_id is not None else None
+            if turn is not None and not turn.interrupted:
+                turn.ended_at = self._now()  # played up to here
+                self._turn_updated(turn)
+        elif isinstance(message, twilio.Stop):
+            raise CallEnded(EndReason.CALLER_HANGUP)
+        elif isinstance(message, twilio.Dtmf):
+            self._event("dtmf", digit=message.digit)
+        elif isinstance(message, twilio.Start):
+            self._protocol_error("second start on one stream")
 
     async def _receive_message(self) -> twilio.TwilioMessage | None:
         """Next Twilio message; None for a bad frame (counted, logged); a disconnect ends the call.

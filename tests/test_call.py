@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import websockets
 
+from bridge.audio import FRAME_BYTES
+from bridge.call import MAX_FRAMES_PER_APPEND
 from bridge.record import EndReason
 from bridge.settings import AudioMode
 from bridge.sim.analysis import active_segments, dominant_frequency, snr_db
@@ -244,6 +246,45 @@ async def _raw_start(ws: websockets.ClientConnection, call_sid: str) -> None:
 def _media(payload: bytes) -> str:
     encoded = base64.b64encode(payload).decode()
     return json.dumps({"event": "media", "media": {"payload": encoded, "timestamp": "0"}})
+
+
+async def test_caller_frames_that_pile_up_go_upstream_in_fewer_appends(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    """40 frames land in one read, as they do for a bridge that has fallen behind: the audio
+    reaches the model whole, in order and clean, in appends of up to MAX_FRAMES_PER_APPEND."""
+    url = bridge.base.replace("http", "ws") + "/twilio/media"
+    x = tone(440, 0.8, RATE_IN, 0.5)
+    ulaw = to_ulaw(x)
+    async with websockets.connect(url) as ws:
+        await _raw_start(ws, "CA" + "4" * 32)
+        session = await simulator.wait_for_session()
+        await session.wait_for_received("session.update")
+        await asyncio.sleep(0.2)  # the call is now reading caller frames
+        appends_before = len(session.events_received("input_audio_buffer.append"))
+        for i in range(0, len(ulaw), FRAME_BYTES):  # queued without yielding: one burst
+            ws.protocol.send_text(_media(ulaw[i : i + FRAME_BYTES]).encode())
+        ws.send_data()
+        for _ in range(10):  # then real-time frames of silence, one at a time
+            await ws.send(_media(b"\xff" * FRAME_BYTES))
+            await asyncio.sleep(0.02)
+        await ws.send(json.dumps({"event": "stop", "stop": {"callSid": "CA" + "4" * 32}}))
+        await asyncio.wait_for(session.closed.wait(), 2)
+    record = await bridge.finished("CA" + "4" * 32)
+    appends = session.events_received("input_audio_buffer.append")[appends_before:]
+    sizes = [len(base64.b64decode(a["audio"])) // 6 // FRAME_BYTES for a in appends]
+    assert sum(sizes) == 50, sizes
+    assert max(sizes) == MAX_FRAMES_PER_APPEND, sizes
+    assert len(sizes) <= 8 + 10, sizes  # the 40 that piled up went in a few appends, not 40
+    assert sizes[-8:] == [1] * 8, sizes  # caught up: one append per frame, nothing held back
+    assert record.frames_in >= 50
+    received = from_pcm16(bytes(session.input_audio))
+    start, end = span(received, RATE_MODEL)
+    assert abs((end - start) - 0.8) <= 0.02
+    tone_part = received[int(start * RATE_MODEL) + 240 : int(end * RATE_MODEL) - 240]
+    assert abs(dominant_frequency(tone_part, RATE_MODEL) - 440) < 2
+    reference = tone(440, len(tone_part) / RATE_MODEL + 0.1, RATE_MODEL, 0.5)
+    assert snr_db(tone_part, reference[: len(tone_part)], max_lag=RATE_MODEL // 440 + 2) >= 30
 
 
 async def test_socket_dropped_without_stop_closes_upstream(

@@ -16,7 +16,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from bridge import server
 from bridge.upstream_writer import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter, text_frame
-from bridge.ws_protocol import READ_HIGH_WATER, MediaStreamProtocol
+from bridge.ws_protocol import BACKLOG_EXTENSION, READ_HIGH_WATER, MediaStreamProtocol
 
 
 @pytest.fixture
@@ -124,12 +124,16 @@ async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
     count = READ_HIGH_WATER * 20
     reading = asyncio.Event()
     got: list[str] = []
+    backlog_seen: list[int] = []
 
     async def endpoint(ws: WebSocket) -> None:
         await ws.accept()
+        backlog = ws.scope["extensions"][BACKLOG_EXTENSION]
         await reading.wait()
+        backlog_seen.append(backlog())
         for _ in range(count):
             got.append(await ws.receive_text())
+        backlog_seen.append(backlog())
         await ws.send_text(str(len(got)))
         await ws.close()
 
@@ -138,8 +142,11 @@ async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
         url = base_url.replace("http", "ws", 1) + "/ws"
         async with websockets.connect(url, compression=None) as conn:
             for i in range(count):
-                await conn.send(f"{i:04d}" + "." * 200)
+                await conn.send(f"{i:04d}" + "." * 4000)
             await asyncio.sleep(0.2)
             reading.set()
             assert await asyncio.wait_for(conn.recv(), 10) == str(count)
-    assert got == [f"{i:04d}" + "." * 200 for i in range(count)]
+    assert got == [f"{i:04d}" + "." * 4000 for i in range(count)]
+    # Reading paused at the high-water mark; the backlog shows what waited, then nothing.
+    assert READ_HIGH_WATER <= backlog_seen[0] < count
+    assert backlog_seen[1] == 0
