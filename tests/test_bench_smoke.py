@@ -51,6 +51,10 @@ def test_bench_holds_a_few_calls_and_reports(
     assert bridge["cpu_s"] >= 0
     assert bridge["rss_peak_mb"] > 0
     assert level["generator"]["cpu_cores"] > 0
+    before, after = level["machine"]["reference_us"]  # how fast the machine was, both ends
+    assert before > 0
+    assert after > 0
+    assert "machine reference" in out
     assert report["config"]["audio_mode"] == "transcode"
     assert chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bridge.bench import proc, profile
+from bridge.bench.calibration import reference_us
 from bridge.bench.caller import Script
 from bridge.bench.load import Plan, run_level
 from bridge.bench.measure import find_knee
@@ -188,6 +189,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
                     f"level {calls} calls: ramp {plan.ramp_s:g}s, steady {plan.steady_s:g}s"
                 )
                 profile_to = _profile_path(options, calls)
+                reference_before = reference_us()
                 if options.url:
                     result = await run_level(
                         options.url, model, plan, pid=pid, progress=progress, profile_to=profile_to
@@ -205,6 +207,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
                             profile_to=profile_to,
                         )
                 result["level"] = calls
+                result["machine"]["reference_us"] = [reference_before, reference_us()]
                 if result["profile"] is not None:
                     progress.note(f"profile: {result['profile']['file']}")
                 levels.append(result)

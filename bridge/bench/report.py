@@ -29,6 +29,11 @@ def _lat(key: str) -> Callable[[Level], str]:
     return cell
 
 
+def _reference(level: Level) -> str:
+    ref = level["machine"].get("reference_us")
+    return "-" if not ref else f"{ref[0]:.1f} / {ref[1]:.1f}"
+
+
 ROWS: list[tuple[str, Callable[[Level], str]]] = [
     ("calls held / failed", lambda v: f"{v['calls']['held']} / {v['calls']['failed']}"),
     ("caller->model ms p50/p99/max", _lat("caller_to_model")),
@@ -73,6 +78,7 @@ ROWS: list[tuple[str, Callable[[Level], str]]] = [
     ),
     ("generator tick lag p99 ms", lambda v: _ms(v["generator"]["tick_lag_ms"]["p99"])),
     ("other load on the machine (cores)", lambda v: _num(v["machine"]["other_load_cores"])),
+    ("machine reference µs before/after", _reference),
 ]
 
 
