@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from bridge.errors import ProtocolViolation
 from bridge.profiles import Profile, TurnDetection
@@ -245,7 +246,7 @@ ServerEvent = (
 def parse_server_event(text: str | bytes) -> ServerEvent:
     """Parse one server frame; raise ProtocolViolation if it is not a Realtime event at all."""
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)
     except ValueError as exc:
         raise ProtocolViolation(f"invalid JSON from Realtime: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from bridge.errors import ProtocolViolation
@@ -78,7 +79,7 @@ def parse_message(text: str) -> TwilioMessage:
     if len(text) > MAX_MESSAGE_CHARS:
         raise ProtocolViolation(f"message of {len(text)} chars exceeds {MAX_MESSAGE_CHARS}")
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)
     except ValueError as exc:
         raise ProtocolViolation(f"invalid JSON: {exc}") from exc
     event = _field(data, "event", str, "message")
@@ -144,7 +145,8 @@ class StreamWriter:
         return self._media_prefix + base64.b64encode(ulaw).decode("ascii") + '"}}'
 
     def mark(self, name: str) -> str:
-        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        mark = {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
+        return orjson.dumps(mark).decode()
 
     def clear(self) -> str:
         return json.dumps({"event": "clear", "streamSid": self.stream_sid})

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import random
 import time
 import typing
 from collections.abc import Mapping
+
+import orjson
 
 from bridge.bench import wire
 from bridge.bench.measure import Playback
@@ -232,7 +233,7 @@ class Caller(asyncio.Protocol):
 
     def _on_text(self, payload: bytes) -> None:
         try:
-            message = json.loads(payload)
+            message = orjson.loads(payload)
             event = message["event"]
             if message.get("streamSid") != self._stream_sid:
                 raise ValueError("wrong streamSid")

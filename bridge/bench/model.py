@@ -18,6 +18,8 @@ import time
 import typing
 from typing import Any
 
+import orjson
+
 from bridge.audio import CallerToModel
 from bridge.bench import wire
 from bridge.bench.inbound import InboundAudio
@@ -167,7 +169,7 @@ class _Session(asyncio.Protocol):
 
     def _on_event(self, payload: bytes) -> None:
         try:
-            event = json.loads(payload)
+            event = orjson.loads(payload)
             kind = event["type"]
             if kind == "input_audio_buffer.append":
                 self._append(binascii.a2b_base64(event["audio"]))
