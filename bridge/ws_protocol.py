@@ -3,7 +3,7 @@ say how many messages wait.
 
 uvicorn pauses reading from the socket after each message it queues for the app and resumes
 when the app has taken it: for a Media Stream that is two event-loop registrations (epoll or
-io_uring system calls) per 20 ms caller frame, measured at about a fifth of the bridge's
+io_uring system calls) per 20 ms caller frame, measured at one in eight of the bridge's
 system calls under load. Here reading pauses only once `READ_HIGH_WATER` messages wait, which
 still bounds what a peer can queue in memory (uvicorn resumes when the app has drained them).
 
