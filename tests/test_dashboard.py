@@ -106,6 +106,10 @@ async def test_live_transcript_and_the_heard_unheard_split(
             await page.screenshot(path=ARTIFACTS / f"dashboard-live-{backend}.png")
         call_sid, truncate = call.result()
         await expect(page.locator("#live .live-call")).to_have_count(0, timeout=WAIT_MS)
+        # The history table catches up by itself: no reload.
+        await expect(page.locator(f"tr[data-call-sid='{call_sid}']")).to_contain_text(
+            "caller_hangup", timeout=WAIT_MS
+        )
 
         stored = await logged.stored(call_sid)
         await page.goto(f"{logged.base}/")

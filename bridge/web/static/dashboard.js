@@ -92,6 +92,29 @@
     return state;
   }
 
+  // The history table is server-rendered. When a call ends, fetch this page again and swap in
+  // its table once the call log holds the finished record (the log writes in the background).
+  let historyBody = document.querySelector("section.history tbody");
+  async function refreshHistory(callSid, attempt) {
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin" });
+      if (response.ok) {
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = page.querySelector("section.history tbody");
+        const row = fresh && fresh.querySelector('tr[data-call-sid="' + CSS.escape(callSid) + '"]');
+        const finished = row && !row.querySelector(".badge"); // no longer "live"
+        if (fresh && (finished || attempt >= 5)) {
+          historyBody.replaceWith(fresh);
+          historyBody = fresh;
+          return;
+        }
+      }
+    } catch (error) {
+      // offline for a moment: the next attempt tries again
+    }
+    if (attempt < 5) setTimeout(() => refreshHistory(callSid, attempt + 1), 1000);
+  }
+
   const source = new EventSource("/api/live");
   source.addEventListener("snapshot", (e) => {
     calls.clear();
@@ -126,6 +149,7 @@
     calls.delete(data.call_sid);
     drawCall(data.call_sid);
     if (only === data.call_sid) setTimeout(() => location.reload(), 1000); // the final record
+    else if (!only && historyBody) setTimeout(() => refreshHistory(data.call_sid, 1), 500);
   });
 
   setInterval(() => {
