@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.bench import cli
+from bridge.bench import callgrind, cli
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,3 +63,41 @@ def test_bench_audio_still_dispatches(capsys: pytest.CaptureFixture[str]) -> Non
     code = cli.main(["audio"])
     assert code in (0, 1)  # 1 only says a speed target was missed on a busy machine
     assert "caller->model speed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    not callgrind.available(), reason="valgrind not installed (apt-get install valgrind)"
+)
+@pytest.mark.timeout(300)
+def test_bench_counts_the_bridges_instructions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = tmp_path / "bench.json"
+    argv = ["--calls", "1", "--seconds", "3", "--ramp", "1", "--bare", "--instructions"]
+    code = cli.main([*argv, "--json", str(report_path), "--chart", str(tmp_path / "b.png")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ran under callgrind" in out
+    (level,) = json.loads(report_path.read_text())["levels"]
+    assert level["calls"]["held"] == 1
+    bridge = level["bridge"]
+    # Counted over the steady phase only: millions per call-second, not the start-up's billions.
+    assert bridge["instructions"] > 0
+    assert 1e6 < bridge["instructions_per_call_second"] < 1e9
+
+
+def test_instructions_need_a_bridge_the_bench_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--instructions", "--url", "http://127.0.0.1:9"])
+    assert exit_info.value.code == 2
+    assert "not --url" in capsys.readouterr().err
+
+
+def test_callgrind_dump_totals_are_read(tmp_path: Path) -> None:
+    (tmp_path / "callgrind.41").write_text("events: Ir\ntotals: 5\n")  # the exit dump: ignored
+    (tmp_path / "callgrind.41.1").write_text("version: 1\nevents: Ir\nsummary: 123456789\n")
+    assert callgrind.read_total(tmp_path, 41) == 123456789
+    assert callgrind.read_total(tmp_path, 42) is None
+    command = callgrind.wrap_command(["python", "-m", "x"], tmp_path)
+    assert command[-3:] == ["python", "-m", "x"]
+    assert "--instr-atstart=no" in command

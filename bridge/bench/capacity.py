@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bridge.bench import proc, profile
+from bridge.bench import callgrind, proc, profile
 from bridge.bench.calibration import reference_us
 from bridge.bench.caller import Script
 from bridge.bench.load import Plan, run_level
@@ -34,6 +34,7 @@ from bridge.bench.progress import Progress
 __all__ = ["BenchError", "Options", "run"]
 
 START_TIMEOUT = 30.0
+START_TIMEOUT_CALLGRIND = 300.0  # imports alone take a while under valgrind
 STOP_TIMEOUT = 10.0
 KNEE_LIMIT_MS = 20.0
 
@@ -62,6 +63,7 @@ class Options:
     profile: str | None = None  # collapsed-stack file per level (py-spy)
     preload: tuple[str, ...] = ()  # absolute paths: files the started bridge runs first
     bare: bool = False  # started bridge: create_app + in-memory recorder, not `bridge serve`
+    instructions: bool = False  # started bridge under callgrind: instructions over the steady phase
 
 
 def default_ramp(calls: int) -> float:
@@ -94,6 +96,9 @@ async def _started_target(options: Options, realtime_url: str, log: Path) -> Asy
         command += ["--preload", path]
     if options.bare:
         command.append("--bare")
+    if options.instructions:
+        command = callgrind.wrap_command(command, log.parent)
+    start_timeout = START_TIMEOUT_CALLGRIND if options.instructions else START_TIMEOUT
     with log.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=stderr
@@ -101,14 +106,14 @@ async def _started_target(options: Options, realtime_url: str, log: Path) -> Asy
     try:
         assert process.stdout is not None
         try:
-            async with asyncio.timeout(START_TIMEOUT):
+            async with asyncio.timeout(start_timeout):
                 base = (await process.stdout.readline()).decode().strip()
                 if not base.startswith("http://"):
                     raise BenchError(f"the bridge did not start:\n{_tail(log)}")
                 await _healthy(base, process)
         except TimeoutError:
             raise BenchError(
-                f"the bridge did not start in {START_TIMEOUT:.0f}s:\n{_tail(log)}"
+                f"the bridge did not start in {start_timeout:.0f}s:\n{_tail(log)}"
             ) from None
         yield _Target(base, process.pid)
         if process.returncode is not None:
@@ -139,6 +144,13 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+
+def _add_instructions(result: dict[str, Any], total: int | None) -> None:
+    bridge = result["bridge"]
+    bridge["instructions"] = total
+    seconds = bridge.get("call_seconds")
+    bridge["instructions_per_call_second"] = round(total / seconds) if total and seconds else None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -205,7 +217,10 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
                             pid=target.pid,
                             progress=progress,
                             profile_to=profile_to,
+                            count_instructions=options.instructions,
                         )
+                    if options.instructions:
+                        _add_instructions(result, callgrind.read_total(Path(logs), target.pid))
                 result["level"] = calls
                 result["machine"]["reference_us"] = [reference_before, reference_us()]
                 if result["profile"] is not None:
@@ -234,6 +249,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
             "http": options.http or "uvicorn default",
             "ws": options.ws or "bridge default (websockets-sansio)",
             "preload": list(options.preload),
+            "instructions": options.instructions,
         },
         "levels": levels,
         "knee": {

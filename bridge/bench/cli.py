@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="started bridge: run this Python file first (a candidate hot-path patch)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="started bridge: run it under valgrind's callgrind and count its instructions over "
+        "the steady phase (repeatable where CPU seconds are not; use 1-2 calls: it runs slowly)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -102,8 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bridge.bench import audio
 
         return audio.main()
-    args = build_parser().parse_args(arguments)
-    from bridge.bench import capacity, report
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    from bridge.bench import callgrind, capacity, report
+
+    if args.instructions and args.url:
+        parser.error("--instructions needs a bridge the benchmark starts itself (not --url)")
+    if args.instructions and not callgrind.available():
+        parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
 
     options = capacity.Options(
         levels=args.sweep or (args.calls,),
@@ -122,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile=args.profile,
         preload=tuple(os.path.abspath(path) for path in args.preload),
         bare=args.bare,
+        instructions=args.instructions,
     )
     try:
         with asyncio.Runner(loop_factory=_generator_loop()) as runner:

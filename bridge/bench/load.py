@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bridge.bench import proc, profile
+from bridge.bench import callgrind, proc, profile
 from bridge.bench.caller import Caller, Script, Ticker
 from bridge.bench.measure import cpu_per_call_minute, quantiles, summary
 from bridge.bench.model import ModelServer
@@ -75,9 +75,11 @@ class _Level:
         pid: int | None,
         progress: Progress,
         profile_to: Path | None,
+        count_instructions: bool = False,
     ) -> None:
         self.base = base.rstrip("/")
         self.profile_to = profile_to if pid else None
+        self.count_instructions = count_instructions and pid is not None
         self.model = model
         self.plan = plan
         self.pid = pid
@@ -191,6 +193,8 @@ class _Level:
                 await stack.enter_async_context(
                     profile.recording(self.pid, steady, self.profile_to)
                 )
+            if self.count_instructions and self.pid:
+                await stack.enter_async_context(callgrind.counting(self.pid))
             await self._hold(window, t)
         self.progress.end()
 
@@ -338,6 +342,7 @@ class _Level:
             "rss_baseline_mb": None,
             "rss_peak_mb": None,
             "rss_per_call_mb": None,
+            "call_seconds": round(window.call_seconds, 2),
         }
         if len(window.bridge_cpu) < 2:
             return result
@@ -367,9 +372,12 @@ async def run_level(
     pid: int | None,
     progress: Progress,
     profile_to: Path | None = None,
+    count_instructions: bool = False,
 ) -> dict[str, Any]:
     """Run one level against the bridge at `base` (http://host:port) whose upstream is `model`;
-    with `profile_to`, sample the bridge with py-spy through the steady phase."""
+    with `profile_to`, sample the bridge with py-spy through the steady phase; with
+    `count_instructions`, switch callgrind's counting on for it (the bridge runs under it)."""
     if not 0 < plan.calls <= MAX_CALLS:
         raise ValueError(f"calls must be 1..{MAX_CALLS}")
-    return await _Level(base, model, plan, pid, progress, profile_to).run()
+    level = _Level(base, model, plan, pid, progress, profile_to, count_instructions)
+    return await level.run()

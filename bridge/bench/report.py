@@ -79,6 +79,10 @@ ROWS: list[tuple[str, Callable[[Level], str]]] = [
     ("generator tick lag p99 ms", lambda v: _ms(v["generator"]["tick_lag_ms"]["p99"])),
     ("other load on the machine (cores)", lambda v: _num(v["machine"]["other_load_cores"])),
     ("machine reference µs before/after", _reference),
+    (
+        "bridge instructions per call-second",
+        lambda v: _num(v["bridge"].get("instructions_per_call_second"), 0),
+    ),
 ]
 
 
@@ -105,6 +109,11 @@ def table(report: dict[str, Any]) -> str:
         f"{report['machine']['loadavg_at_end']}",
     )
     lines.append("")
+    if config.get("instructions"):
+        lines.append(
+            "the bridge ran under callgrind: its instructions are the measure; latency, CPU "
+            "and saturation figures of this run describe valgrind, not the bridge"
+        )
     knee = report["knee"]
     if len(levels) > 1 or knee["calls"] is not None:
         lines.append(
