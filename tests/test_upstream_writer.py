@@ -16,7 +16,12 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from bridge import server
 from bridge.upstream_writer import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter, text_frame
-from bridge.ws_protocol import BACKLOG_EXTENSION, READ_HIGH_WATER, MediaStreamProtocol
+from bridge.ws_protocol import (
+    BACKLOG_EXTENSION,
+    READ_HIGH_WATER,
+    MediaStreamProtocol,
+    simple_text_frames,
+)
 
 
 @pytest.fixture
@@ -150,3 +155,71 @@ async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
     # Reading paused at the high-water mark; the backlog shows what waited, then nothing.
     assert READ_HIGH_WATER <= backlog_seen[0] < count
     assert backlog_seen[1] == 0
+
+
+# ---- uvicorn: plain text frames decoded without the library's parser -----------------------
+
+
+def test_simple_text_frames_takes_only_the_plain_case() -> None:
+    mask = b"\x11\x22\x33\x44"
+    one, two = text_frame(b"hello", mask), text_frame("é".encode() * 100, mask)
+    assert simple_text_frames(one + two, None) == ["hello", "é" * 100]
+    assert simple_text_frames(b"", None) == []
+    assert simple_text_frames(one + two[:-1], None) is None  # a partial frame
+    assert simple_text_frames(one, 4) is None  # over max_size
+    assert simple_text_frames(text_frame(b"\xff\xfe", mask), None) is None  # not UTF-8
+    unmasked = bytes([0x81, 5]) + b"hello"
+    assert simple_text_frames(unmasked + b"\x00", None) is None
+    fragment = bytes([0x01]) + one[1:]  # FIN clear
+    assert simple_text_frames(fragment, None) is None
+    ping = bytes([0x89, 0x80]) + mask
+    assert simple_text_frames(one + ping, None) is None
+    large = text_frame(b"x" * 70_000, mask)  # 64-bit length form: left to the library
+    assert simple_text_frames(large, None) is None
+
+
+async def _echo_server_app() -> Starlette:
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await ws.send_text(f"{len(message['text'])}:{message['text'][:20]}")
+
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+
+
+async def test_everything_the_fast_path_leaves_to_the_library_still_works() -> None:
+    async with server.serving(await _echo_server_app()) as base_url:
+        url = base_url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, compression=None, max_size=None) as conn:
+            await conn.send("plain")
+            assert await conn.recv() == "5:plain"
+            await conn.send(["frag", "mented"])  # a fragmented message
+            assert await conn.recv() == "10:fragmented"
+            await asyncio.wait_for(await conn.ping(), 5)  # a ping between messages
+            await conn.send("y" * 70_000)  # 64-bit length
+            assert await conn.recv() == "70000:" + "y" * 20
+            conn.transport.write(text_frame(b"a", b"abcd") + text_frame(b"b", b"efgh")[:-1])
+            await asyncio.sleep(0.05)  # the rest of the second frame arrives in a later read
+            conn.transport.write(text_frame(b"b", b"efgh")[-1:])
+            assert [await conn.recv(), await conn.recv()] == ["1:a", "1:b"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (text_frame(b"\xff\xfe", b"abcd"), 1007),  # not UTF-8
+        (text_frame(b"z" * (256 * 1024 + 1), b"abcd"), 1009),  # over the bridge's ws_max_size
+        (bytes([0x81, 5]) + b"hello", 1002),  # unmasked from a client
+    ],
+)
+async def test_bad_frames_still_get_the_librarys_close_codes(frame: bytes, code: int) -> None:
+    async with server.serving(await _echo_server_app()) as base_url:
+        url = base_url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, compression=None) as conn:
+            conn.transport.write(frame)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(conn.recv(), 5)
+            assert conn.close_code == code
