@@ -247,7 +247,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
             "target": "create_app (bare)" if options.bare else "bridge serve (with call log)",
             "loop": options.loop or "asyncio (as bridge serve)",
             "http": options.http or "uvicorn default",
-            "ws": options.ws or "bridge default (websockets-sansio)",
+            "ws": options.ws or "bridge default (MediaStreamProtocol, websockets sans-I/O)",
             "preload": list(options.preload),
             "instructions": options.instructions,
         },
