@@ -13,23 +13,16 @@ the ordinary (not open, writes backing up) goes through `send()` with its flow c
 from __future__ import annotations
 
 import os
-import struct
 
 from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - pure-Python websockets build
-    from websockets.utils import apply_mask
+from bridge.wsframe import OP_TEXT, apply_mask, final_frame_header
 
 __all__ = ["DIRECT_WRITE_LIMIT", "MaskSource", "UpstreamWriter", "text_frame"]
 
 # Below websockets' write high-water mark (32 KiB by default) send() would not wait either.
 DIRECT_WRITE_LIMIT = 16 * 1024
-
-_FIN_TEXT = 0x81
-_MASKED = 0x80
 
 
 class MaskSource:
@@ -57,14 +50,7 @@ class MaskSource:
 
 def text_frame(payload: bytes, mask: bytes) -> bytes:
     """One final, masked text frame (client to server) carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", _FIN_TEXT, _MASKED | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", _FIN_TEXT, _MASKED | 126, n)
-    else:
-        header = struct.pack("!BBQ", _FIN_TEXT, _MASKED | 127, n)
-    return header + mask + apply_mask(payload, mask)
+    return final_frame_header(OP_TEXT, len(payload), masked=True) + mask + apply_mask(payload, mask)
 
 
 class UpstreamWriter:

@@ -29,10 +29,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - pure-Python websockets build
-    from websockets.utils import apply_mask
+from bridge.wsframe import apply_mask
 
 __all__ = ["BACKLOG_EXTENSION", "READ_HIGH_WATER", "MediaStreamProtocol", "simple_text_frames"]
 

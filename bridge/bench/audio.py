@@ -23,7 +23,7 @@ from bridge.audio import (
 )
 from bridge.sim import analysis, signals
 
-__all__ = ["main", "run"]
+__all__ = ["main", "median_us", "run"]
 
 _RATE_IN = 8000
 _RATE_OUT = 24000
@@ -32,7 +32,8 @@ _WARMUP = 500
 _PCM_FRAME_BYTES = FRAME_BYTES * 3 * 2  # 20 ms of 24 kHz PCM16
 
 
-def _median_us(step: Callable[[int], object], frames: int, warmup: int) -> float:
+def median_us(step: Callable[[int], object], frames: int, warmup: int) -> float:
+    """Median microseconds of `step(i)` over `frames` calls, after `warmup`, GC paused."""
     for i in range(warmup):
         step(i)
     times = np.empty(frames, dtype=np.int64)
@@ -57,8 +58,8 @@ def _speed(frames: int, warmup: int) -> tuple[float, float]:
     pcm = [speech24[i : i + _PCM_FRAME_BYTES] for i in range(0, len(speech24), _PCM_FRAME_BYTES)]
     pcm = [f for f in pcm if len(f) == _PCM_FRAME_BYTES]
     up, down = CallerToModel(), ModelToCaller()
-    c2m = _median_us(lambda i: up.convert(ulaw[i % len(ulaw)]), frames, warmup)
-    m2c = _median_us(lambda i: down.convert(pcm[i % len(pcm)]), frames, warmup)
+    c2m = median_us(lambda i: up.convert(ulaw[i % len(ulaw)]), frames, warmup)
+    m2c = median_us(lambda i: down.convert(pcm[i % len(pcm)]), frames, warmup)
     return c2m, m2c
 
 

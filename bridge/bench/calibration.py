@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 
 import numpy as np
+
+from bridge.bench.audio import median_us
 
 __all__ = ["reference_us"]
 
@@ -43,11 +44,4 @@ def _once() -> None:
 
 def reference_us(rounds: int = 2000) -> float:
     """Median microseconds of one reference step (about 20 ms in all)."""
-    for _ in range(50):
-        _once()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter_ns()
-        _once()
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1000.0
+    return median_us(lambda i: _once(), rounds, 50)

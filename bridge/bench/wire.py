@@ -12,13 +12,8 @@ import base64
 import hashlib
 import os
 import struct
-from collections.abc import Callable
 
-_c_apply_mask: Callable[[bytes, bytes], bytes] | None
-try:
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover - the wheels ship the C extension
-    _c_apply_mask = None
+from bridge.wsframe import apply_mask, final_frame_header
 
 __all__ = [
     "OP_BINARY",
@@ -50,26 +45,9 @@ class HandshakeError(Exception):
     """The peer's opening handshake is not a WebSocket upgrade we can accept."""
 
 
-def apply_mask(data: bytes, key: bytes) -> bytes:
-    """XOR `data` with the 4-byte `key` repeated (C speedup when available)."""
-    if _c_apply_mask is not None:
-        return bytes(_c_apply_mask(data, key))
-    n = len(data)
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
-
-
 def encode(opcode: int, payload: bytes, *, mask: bool) -> bytes:
     """One final frame; clients (`mask=True`) mask with the zero key (see `_ZERO_KEY`)."""
-    n = len(payload)
-    first = 0x80 | opcode
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((first, bit | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", first, bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, n)
+    head = final_frame_header(opcode, len(payload), masked=mask)
     return head + _ZERO_KEY + payload if mask else head + payload
 
 
