@@ -83,6 +83,25 @@ def test_interpolator_polyphase_responses_match_prototype() -> None:
     assert np.max(np.abs(rebuilt - FILTER_TAPS)) < 1e-6
 
 
+def quantized(taps: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.round(taps * 2.0**23) / 2.0**23
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 160, 333, 2400])
+def test_block_filters_equal_plain_convolution_exactly(n: int) -> None:
+    # The block matrices must be the filter, no more and no less: compare against numpy's
+    # own convolution with the same (quantized) taps. Sums are exact, so equality is exact.
+    rng = np.random.default_rng(n)
+    x = rng.integers(-32768, 32768, n).astype(np.float64)
+    stuffed = np.zeros(3 * n)
+    stuffed[::3] = x
+    expected_up = np.convolve(stuffed, quantized(3 * FILTER_TAPS))[: 3 * n]
+    assert np.array_equal(Upsampler().process(x), expected_up)
+    x24 = np.concatenate([x, rng.integers(-32768, 32768, 2 * n).astype(np.float64)])
+    expected_down = np.convolve(x24, quantized(FILTER_TAPS))[: len(x24)][::3]
+    assert np.array_equal(Downsampler().process(x24), expected_down)
+
+
 def test_measured_delay_both_ways() -> None:
     impulse = np.zeros(400, dtype=np.float32)
     impulse[30] = 0.9
