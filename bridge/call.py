@@ -33,7 +33,7 @@ from bridge.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
 from bridge.upstream_writer import UpstreamWriter
-from bridge.ws_protocol import BACKLOG_EXTENSION
+from bridge.ws_protocol import BACKLOG_EXTENSION, SEND_EXTENSION
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class Call:
     def __init__(self, websocket: WebSocket, services: CallServices) -> None:
         self._ws = websocket
         self._services = services
+        extensions = websocket.scope.get("extensions") or {}
+        # Served by `MediaStreamProtocol`: write frames straight to the socket when possible.
+        self._send_now: Callable[..., bool] | None = extensions.get(SEND_EXTENSION)
+        self._backlog: Callable[[], int] | None = extensions.get(BACKLOG_EXTENSION)
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self.record = CallRecord(call_sid="", stream_sid="")
@@ -278,7 +282,7 @@ class Call:
         transcode = metrics.TRANSCODE_CALLER_TO_MODEL.call
         latency = metrics.ADDED_LATENCY_CALLER_TO_MODEL
         record = self.record
-        backlog = self._ws.scope.get("extensions", {}).get(BACKLOG_EXTENSION)
+        backlog = self._backlog
         while True:
             message = await self._receive_message()
             if not isinstance(message, twilio.Media):
@@ -447,8 +451,7 @@ class Call:
             self._caller_stopped_at = None
         mark = self._playback.sent(item_id, len(ulaw), now)
         self.record.frames_out += len(ulaw) // audio.FRAME_BYTES
-        await self._send_caller(writer.media(ulaw))
-        await self._send_caller(writer.mark(mark))
+        await self._send_caller(writer.media(ulaw), writer.mark(mark))
 
     async def _end_item(self) -> None:
         """The current item's audio is complete: push out the filter tail and the last frame."""
@@ -619,10 +622,13 @@ class Call:
             metrics.realtime_error("timeout")
             raise CallEnded(EndReason.UPSTREAM_ERROR, "Realtime stopped reading") from None
 
-    async def _send_caller(self, text: str) -> None:
+    async def _send_caller(self, *texts: str) -> None:
+        if self._send_now is not None and self._send_now(*texts):
+            return  # hot path: written at once, in one write
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
-                await self._ws.send_text(text)
+                for text in texts:
+                    await self._ws.send_text(text)
         except (WebSocketDisconnect, OSError, RuntimeError) as exc:
             raise CallEnded(EndReason.CALLER_DISCONNECTED, f"send failed: {exc!r}") from None
         except TimeoutError:

@@ -16,7 +16,14 @@ call, spent on a generator-based parser for a frame shape that never varies. The
 the sans-I/O protocol's parser state (`cur_size`, `expect_continuation_frame`, its reader's
 buffer); pyproject pins websockets and uvicorn to the versions the tests run against.
 
-The app can see that backlog through the ASGI scope: `scope["extensions"][BACKLOG_EXTENSION]`
+Sending works the same way round: `scope["extensions"][SEND_EXTENSION]` is a callable that
+writes whole text frames straight to the socket in one `transport.write` when nothing stands in
+the way (open, not closing, the transport not asking us to wait) and returns False otherwise,
+so the app then uses the ASGI send with its flow control. A reply's media and its mark go out
+as one write: measured -3.5 % of the bridge's instructions, and one system call per delta
+instead of two.
+
+The app can see the backlog through the ASGI scope: `scope["extensions"][BACKLOG_EXTENSION]`
 is a callable returning the number of messages queued and not yet received. A call that is
 behind uses it to send the caller audio that has piled up in one append instead of one per
 frame (see `Call._caller_to_model`), which is how the bridge sheds work when it is overloaded
@@ -29,11 +36,18 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from bridge.wsframe import apply_mask
+from bridge.wsframe import OP_TEXT, apply_mask, final_frame_header
 
-__all__ = ["BACKLOG_EXTENSION", "READ_HIGH_WATER", "MediaStreamProtocol", "simple_text_frames"]
+__all__ = [
+    "BACKLOG_EXTENSION",
+    "READ_HIGH_WATER",
+    "SEND_EXTENSION",
+    "MediaStreamProtocol",
+    "simple_text_frames",
+]
 
 BACKLOG_EXTENSION = "bridge.backlog"
+SEND_EXTENSION = "bridge.send_text_now"
 
 READ_HIGH_WATER = 16  # messages queued for the app before the socket stops being read (320 ms)
 
@@ -90,6 +104,26 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             # The app task is scheduled, not yet running: it sees the extension.
             scope["extensions"][BACKLOG_EXTENSION] = self.queue.qsize
+            scope["extensions"][SEND_EXTENSION] = self.send_text_now
+
+    def send_text_now(self, *texts: str) -> bool:
+        """Write `texts` as final text frames in one write; False if the ASGI send must do it."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()  # the transport asked us to stop writing
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        frames = []
+        for text in texts:
+            payload = text.encode()
+            frames.append(final_frame_header(OP_TEXT, len(payload), masked=False))
+            frames.append(payload)
+        self.transport.write(b"".join(frames))
+        return True
 
     def send_receive_event_to_app(self) -> None:
         paused = self.read_paused

@@ -19,6 +19,7 @@ from bridge.upstream_writer import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWrite
 from bridge.ws_protocol import (
     BACKLOG_EXTENSION,
     READ_HIGH_WATER,
+    SEND_EXTENSION,
     MediaStreamProtocol,
     simple_text_frames,
 )
@@ -155,6 +156,68 @@ async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
     # Reading paused at the high-water mark; the backlog shows what waited, then nothing.
     assert READ_HIGH_WATER <= backlog_seen[0] < count
     assert backlog_seen[1] == 0
+
+
+# ---- uvicorn: frames to Twilio written directly --------------------------------------------
+
+
+async def test_direct_sends_arrive_whole_and_in_order_with_library_sends() -> None:
+    results: list[bool] = []
+    closed = asyncio.Event()
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        send_now = ws.scope["extensions"][SEND_EXTENSION]
+        results.append(send_now("a", "é" * 200, "c" * 70_000))  # 7-bit, 16-bit, 64-bit lengths
+        await ws.send_text("library")
+        results.append(send_now("d"))
+        await ws.receive_text()  # the client's "bye"
+        await ws.close()
+        results.append(send_now("after close"))
+        closed.set()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with server.serving(app) as base_url:
+        url = base_url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, compression=None, max_size=None) as conn:
+            got = [await asyncio.wait_for(conn.recv(), 5) for _ in range(5)]
+            await conn.send("bye")
+            await asyncio.wait_for(closed.wait(), 5)
+    assert got == ["a", "é" * 200, "c" * 70_000, "library", "d"]
+    assert results == [True, True, False]
+
+
+async def test_direct_send_steps_aside_when_twilio_stops_reading() -> None:
+    """A peer that stops reading: direct writes give way to the ASGI send (which waits), and
+    everything written arrives once the peer reads again."""
+    sent: list[str] = []
+    gave_way = asyncio.Event()
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        send_now = ws.scope["extensions"][SEND_EXTENSION]
+        for i in range(10_000):
+            text = f"{i:05d}" + "x" * 8000
+            if not send_now(text):
+                gave_way.set()
+                await ws.send_text(text)  # waits for the peer, as the ASGI send does
+            sent.append(text)
+            if gave_way.is_set():
+                break
+        await ws.send_text("end")
+        await ws.receive()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with server.serving(app) as base_url:
+        url = base_url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, compression=None, max_size=None) as conn:
+            conn.transport.pause_reading()
+            await asyncio.wait_for(gave_way.wait(), 10)
+            conn.transport.resume_reading()
+            got = []
+            while (message := await asyncio.wait_for(conn.recv(), 10)) != "end":
+                got.append(message)
+    assert got == sent
 
 
 # ---- uvicorn: plain text frames decoded without the library's parser -----------------------
