@@ -6,13 +6,13 @@ the server events the call reacts to into small typed objects and leaves the res
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pybase64
 
 from bridge.errors import ProtocolViolation
 from bridge.profiles import Profile, TurnDetection
@@ -95,9 +95,7 @@ def _turn_detection(vad: TurnDetection) -> dict[str, Any]:
 def input_audio_append(audio: bytes) -> str:
     """Hot path (50 per second per call): built as a string, base64 needs no JSON escaping."""
     return (
-        '{"type":"input_audio_buffer.append","audio":"'
-        + base64.b64encode(audio).decode("ascii")
-        + '"}'
+        '{"type":"input_audio_buffer.append","audio":"' + pybase64.b64encode_as_string(audio) + '"}'
     )
 
 
@@ -264,7 +262,7 @@ def _audio_delta(data: dict[str, Any], kind: str) -> AudioDelta:
     return AudioDelta(
         item_id=data["item_id"],
         response_id=data.get("response_id", ""),
-        audio=base64.b64decode(data["delta"]),
+        audio=pybase64.b64decode(data["delta"], validate=True),
     )
 
 

@@ -5,7 +5,6 @@ No sockets here: `call.py` feeds text frames in and writes the strings produced 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+import pybase64
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from bridge.errors import ProtocolViolation
@@ -89,7 +89,7 @@ def parse_message(text: str) -> TwilioMessage:
         if len(encoded) > MAX_MEDIA_BYTES * 4 // 3 + 4:
             raise ProtocolViolation(f"media payload of {len(encoded)} chars is oversize")
         try:
-            payload = base64.b64decode(encoded, validate=True)
+            payload = pybase64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ProtocolViolation(f"media.payload: invalid base64 ({exc})") from exc
         try:
@@ -142,7 +142,7 @@ class StreamWriter:
         self._media_prefix = f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"'
 
     def media(self, ulaw: bytes) -> str:
-        return self._media_prefix + base64.b64encode(ulaw).decode("ascii") + '"}}'
+        return self._media_prefix + pybase64.b64encode_as_string(ulaw) + '"}}'
 
     def mark(self, name: str) -> str:
         mark = {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
