@@ -33,7 +33,12 @@ from bridge.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
 from bridge.upstream_writer import UpstreamWriter
-from bridge.ws_protocol import BACKLOG_EXTENSION, SEND_EXTENSION
+from bridge.ws_protocol import (
+    BACKLOG_EXTENSION,
+    HANDLER_EXTENSION,
+    SEND_EXTENSION,
+    TextHandler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,9 @@ class Call:
         # Served by `MediaStreamProtocol`: write frames straight to the socket when possible.
         self._send_now: Callable[..., bool] | None = extensions.get(SEND_EXTENSION)
         self._backlog: Callable[[], int] | None = extensions.get(BACKLOG_EXTENSION)
+        self._set_text_handler: Callable[[TextHandler | None], None] | None = extensions.get(
+            HANDLER_EXTENSION
+        )
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self.record = CallRecord(call_sid="", stream_sid="")
@@ -278,32 +286,61 @@ class Call:
     # ---- caller -> model -----------------------------------------------------------------------
 
     async def _caller_to_model(self) -> None:
-        convert = None if self._passthrough else self._to_model.convert
-        transcode = metrics.TRANSCODE_CALLER_TO_MODEL.call
-        latency = metrics.ADDED_LATENCY_CALLER_TO_MODEL
-        record = self.record
+        """Caller frames the protocol did not hand to `_media_now`, in order, and everything else
+        the caller sends."""
         backlog = self._backlog
-        while True:
-            message = await self._receive_message()
-            if not isinstance(message, twilio.Media):
-                self._on_caller_message(message)
-                continue
-            payload, frames, following = message.payload, 1, None
-            if backlog is not None and backlog():
-                # Behind: frames have piled up. Send them in one append, not one each.
-                payload, frames, following = await self._gather_backlog(payload, backlog)
-            record.frames_in += frames
-            timed = latency.due()
-            started = time.perf_counter() if timed else 0.0
-            await self._send_model(
-                realtime.input_audio_append(
-                    payload if convert is None else transcode(convert, payload)
-                )
-            )
-            if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
-                latency.record(time.perf_counter() - started)
-            if following is not None:
-                self._on_caller_message(following)
+        set_handler = self._set_text_handler
+        if set_handler is not None:
+            set_handler(self._media_now)
+        try:
+            while True:
+                message = await self._receive_message()
+                if not isinstance(message, twilio.Media):
+                    self._on_caller_message(message)
+                    continue
+                payload, frames, following = message.payload, 1, None
+                if backlog is not None and backlog():
+                    # Behind: frames have piled up. Send them in one append, not one each.
+                    payload, frames, following = await self._gather_backlog(payload, backlog)
+                timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
+                started = time.perf_counter() if timed else 0.0
+                await self._send_model(self._append_event(payload, frames))
+                if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
+                    metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
+                if following is not None:
+                    self._on_caller_message(following)
+        finally:
+            if set_handler is not None:
+                set_handler(None)
+
+    def _media_now(self, text: str) -> bool:
+        """The protocol's read callback offers each caller message that would be next in line:
+        a media frame is converted and appended upstream here, without waking the task. Anything
+        else, or a moment when the upstream cannot take a frame at once, is left to the task.
+        """
+        upstream = self._to_upstream
+        if upstream is None or not upstream.writable():
+            return False
+        try:
+            message = twilio.parse_message(text)
+        except ProtocolViolation:
+            return False  # the task counts and reports it
+        if not isinstance(message, twilio.Media):
+            return False
+        timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
+        started = time.perf_counter() if timed else 0.0
+        upstream.write(self._append_event(message.payload, 1))
+        if timed:
+            metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
+        return True
+
+    def _append_event(self, payload: bytes, frames: int) -> str:
+        """`input_audio_buffer.append` for `frames` caller frames of mu-law `payload`."""
+        self.record.frames_in += frames
+        if self._passthrough:
+            return realtime.input_audio_append(payload)
+        converted = metrics.TRANSCODE_CALLER_TO_MODEL.call(self._to_model.convert, payload)
+        return realtime.input_audio_append(converted)
 
     async def _gather_backlog(
         self, payload: bytes, backlog: Callable[[], int]

@@ -62,15 +62,23 @@ class UpstreamWriter:
         self._connection = connection
         self._masks = masks if masks is not None else MaskSource()
 
-    def try_send(self, text: str) -> bool:
-        """Write `text` as one frame now; False if the caller must `await connection.send`."""
+    def writable(self) -> bool:
+        """Whether a frame can be written now, without waiting (true until the loop next runs)."""
         connection = self._connection
         transport = connection.transport
-        if (
-            connection.protocol.state is not State.OPEN
-            or transport.is_closing()
-            or transport.get_write_buffer_size() >= DIRECT_WRITE_LIMIT
-        ):
+        return (
+            connection.protocol.state is State.OPEN
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        )
+
+    def write(self, text: str) -> None:
+        """Write `text` as one frame; only right after `writable()` said True."""
+        self._connection.transport.write(text_frame(text.encode(), self._masks.take()))
+
+    def try_send(self, text: str) -> bool:
+        """Write `text` as one frame now; False if the caller must `await connection.send`."""
+        if not self.writable():
             return False
-        transport.write(text_frame(text.encode(), self._masks.take()))
+        self.write(text)
         return True

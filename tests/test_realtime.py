@@ -89,7 +89,7 @@ def test_audio_delta_ga_and_beta_names() -> None:
 @pytest.mark.parametrize("delta", ["AQACAA", "AQ*ACAA==", "AQAC\nAA==", "AQACAA==é", 7])
 def test_audio_delta_that_is_not_clean_base64_is_a_protocol_violation(delta: object) -> None:
     event = {"type": "response.output_audio.delta", "item_id": "i1", "delta": delta}
-    with pytest.raises(ProtocolViolation, match="malformed response.output_audio.delta"):
+    with pytest.raises(ProtocolViolation, match=r"malformed response\.output_audio\.delta"):
         realtime.parse_server_event(json.dumps(event))
 
 

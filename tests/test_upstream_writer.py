@@ -18,6 +18,7 @@ from bridge import server
 from bridge.upstream_writer import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter, text_frame
 from bridge.ws_protocol import (
     BACKLOG_EXTENSION,
+    HANDLER_EXTENSION,
     READ_HIGH_WATER,
     SEND_EXTENSION,
     MediaStreamProtocol,
@@ -218,6 +219,65 @@ async def test_direct_send_steps_aside_when_twilio_stops_reading() -> None:
             while (message := await asyncio.wait_for(conn.recv(), 10)) != "end":
                 got.append(message)
     assert got == sent
+
+
+# ---- uvicorn: a handler that takes messages before they are queued -------------------------
+
+
+async def test_the_handler_takes_lone_messages_only_when_nothing_waits() -> None:
+    """Messages that start with "h" are the handler's; order with queued messages is kept."""
+    handled: list[str] = []
+    received: list[str] = []
+    read = asyncio.Event()
+
+    def handler(text: str) -> bool:
+        if text.startswith("h"):
+            handled.append(text)
+            return True
+        return False
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        set_handler = ws.scope["extensions"][HANDLER_EXTENSION]
+        set_handler(handler)
+        while True:
+            await read.wait()
+            read.clear()
+            while ws.scope["extensions"][BACKLOG_EXTENSION]():
+                received.append(await ws.receive_text())
+            await ws.send_text("drained")
+            if received[-1] == "q:end":
+                set_handler(None)
+                received.append(await ws.receive_text())  # no handler now: queued
+                await ws.send_text("done")
+                return
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with server.serving(app) as base_url:
+        url = base_url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, compression=None) as conn:
+
+            async def send(text: str) -> None:
+                await conn.send(text)
+                await asyncio.sleep(0.05)  # one message per read
+
+            await send("h:1")  # alone, nothing queued: handled
+            await send("q:2")  # the handler declines: queued
+            await send("h:3")  # q:2 still waits: queued behind it, order kept
+            conn.protocol.send_text(b"h:4")
+            conn.protocol.send_text(b"h:5")
+            conn.send_data()  # two in one read: a burst, queued
+            await asyncio.sleep(0.05)
+            read.set()
+            assert await asyncio.wait_for(conn.recv(), 5) == "drained"
+            await send("h:6")  # drained again: handled
+            await send("q:end")
+            read.set()
+            assert await asyncio.wait_for(conn.recv(), 5) == "drained"
+            await send("h:7")
+            assert await asyncio.wait_for(conn.recv(), 5) == "done"
+    assert handled == ["h:1", "h:6"]
+    assert received == ["q:2", "h:3", "h:4", "h:5", "q:end", "h:7"]
 
 
 # ---- uvicorn: plain text frames decoded without the library's parser -----------------------
