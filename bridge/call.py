@@ -321,15 +321,16 @@ class Call:
         upstream = self._to_upstream
         if upstream is None or not upstream.writable():
             return False
-        try:
-            message = twilio.parse_message(text)
-        except ProtocolViolation:
-            return False  # the task counts and reports it
-        if not isinstance(message, twilio.Media):
-            return False
         timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
         started = time.perf_counter() if timed else 0.0
-        upstream.write(self._append_event(message.payload, 1))
+        try:
+            message = twilio.parse_message(text)
+            if not isinstance(message, twilio.Media):
+                return False
+            event = self._append_event(message.payload, 1)
+        except Exception:  # a bad frame (or a bug): the task meets it again and deals with it
+            return False
+        upstream.write(event)
         if timed:
             metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
         return True

@@ -20,18 +20,17 @@ Sending works the same way round: `scope["extensions"][SEND_EXTENSION]` is a cal
 writes whole text frames straight to the socket in one `transport.write` when nothing stands in
 the way (open, not closing, the transport not asking us to wait) and returns False otherwise,
 so the app then uses the ASGI send with its flow control. A reply's media and its mark go out
-as one write: measured -3.5 % of the bridge's instructions, and one system call per delta
-instead of two.
+as one write: measured -3 % of the bridge's instructions, and one system call per delta instead
+of two.
 
 The commonest message can skip the queue altogether. `scope["extensions"][HANDLER_EXTENSION]`
 sets (or, with None, clears) a synchronous handler that sees a decoded text message first when
 it arrived alone in its read and no message waits in the queue, so order is kept; it returns
 True when it has dealt with the message, else the message is queued for the app as usual.
-Several messages in one read (a burst, or a server that has fallen behind) always go to the app,
-which can batch them. The bridge handles a
-caller's media frame there (convert, append upstream) without waking the call's task, which
-saves a queue hand-over, a task switch and two layers of ASGI receive per frame (measured:
--6 % of the bridge's instructions per call-second).
+Several messages in one read (a burst, or a server that has fallen behind) always go to the
+app, which can batch them. The bridge handles a caller's media frame there (convert, append
+upstream) without waking the call's task, which saves a queue hand-over, a task switch and two
+layers of ASGI receive per frame (measured: -6 % of the bridge's instructions per call-second).
 
 The app can see the backlog through the ASGI scope: `scope["extensions"][BACKLOG_EXTENSION]`
 is a callable returning the number of messages queued and not yet received. A call that is

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import websockets
 
-from bridge.audio import FRAME_BYTES
+from bridge.audio import FRAME_BYTES, CallerToModel
 from bridge.call import MAX_FRAMES_PER_APPEND
 from bridge.record import EndReason
 from bridge.settings import AudioMode
@@ -361,6 +361,42 @@ async def test_malformed_input_spares_the_other_call(
     assert bad_record.end_reason is EndReason.CALLER_HANGUP
     assert bad_record.protocol_errors == 7
     assert bad_record.frames_in == 1
+
+
+async def test_a_bug_on_the_fast_path_ends_that_call_with_its_reason_only(
+    bridge: RunningBridge, simulator: RealtimeSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conversion blows up for one call's frames, in the protocol's read callback: the frame
+    goes to the call's task instead, which ends that call as an internal error with the cause
+    recorded; the other call, on the same server, carries on."""
+    url = bridge.base.replace("http", "ws") + "/twilio/media"
+    bad_sid = "CA" + "9" * 32
+    original = CallerToModel.convert
+    failures: list[bytes] = []
+
+    def convert(self: CallerToModel, ulaw: bytes) -> bytes:
+        if ulaw == b"\x13" * FRAME_BYTES:
+            failures.append(ulaw)
+            raise RuntimeError("injected conversion bug")
+        return original(self, ulaw)
+
+    monkeypatch.setattr(CallerToModel, "convert", convert)
+    async with bridge.call() as good, websockets.connect(url) as bad:
+        await _raw_start(bad, bad_sid)
+        session = await simulator.wait_for_session()
+        await session.wait_for_received("session.update")
+        await asyncio.sleep(0.2)  # the call is now reading caller frames
+        await bad.send(_media(b"\x13" * FRAME_BYTES))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(bad.recv(), 5)
+        good.say(utterance())
+        await good.wait_for_playback(0.9, timeout=10)
+        await good.hangup()
+    bad_record = await bridge.finished(bad_sid)
+    assert bad_record.end_reason is EndReason.INTERNAL_ERROR
+    assert "injected conversion bug" in bad_record.end_detail
+    assert len(failures) == 2  # first in the read callback, then again in the call's task
+    assert (await bridge.finished(good.call_sid)).end_reason is EndReason.CALLER_HANGUP
 
 
 async def test_fifty_sequential_calls_leave_nothing_behind(
