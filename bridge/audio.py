@@ -76,10 +76,11 @@ class _BlockFir:
     """A multirate FIR filter applied as one matrix product per block of its input.
 
     Unit k of the stream reads input `buf[k*step : k*step + span]` and writes `outputs`
-    samples: `buf[...] @ unit_matrix`. A block of `_BLOCK_UNITS` units is one row of short
-    overlapping windows times a banded matrix that holds `unit_matrix` once per unit. Why: BLAS
-    on a few short rows is several times faster than a sliding-window product (einsum walks
-    every window; np.dot on a window view first copies every window, 67-199 values per output).
+    samples: `buf[...] @ unit_matrix`. Each block of `_BLOCK_UNITS` units is one short window
+    of the stream (a row of an overlapping strided view) times a banded matrix that holds
+    `unit_matrix` once per unit. Why: BLAS on a few short rows is several times faster than a
+    sliding-window product (einsum walks every window; np.dot on a window view first copies
+    every window, 67-199 values per output).
     """
 
     __slots__ = ("_matrix", "outputs", "span", "step")
