@@ -321,12 +321,14 @@ class Call:
         upstream = self._to_upstream
         if upstream is None or not upstream.writable():
             return False
-        timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
-        started = time.perf_counter() if timed else 0.0
         try:
             message = twilio.parse_message(text)
             if not isinstance(message, twilio.Media):
                 return False
+            # Sampled as in the task: frame parsed -> appended upstream. A declined message
+            # must not use up the sample the task will then take.
+            timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
+            started = time.perf_counter() if timed else 0.0
             event = self._append_event(message.payload, 1)
         except Exception:  # a bad frame (or a bug): the task meets it again and deals with it
             return False
