@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -33,19 +34,34 @@ def _serve(args: argparse.Namespace) -> int:
         if args.numbers:
             settings = settings.model_copy(update={"numbers_file": args.numbers})
     except ConfigError as exc:
-        return _config_error(exc)
+        return config_error(exc)
     logs.configure(settings.log_level, settings.log_format)
+    workers = args.workers if args.workers is not None else settings.workers
     try:
+        if workers > 1:
+            from bridge.workers import require_shared_call_log, serve_workers
+
+            require_shared_call_log(settings, workers)
+            return serve_workers(settings, args.host, args.port, workers)
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(serve(settings, args.host, args.port))
     except ConfigError as exc:
-        return _config_error(exc)
+        return config_error(exc)
 
 
-async def serve(settings: Settings, host: str, port: int) -> int:
+async def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    sockets: list[socket.socket] | None = None,
+    metrics_sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> int:
     """Run the bridge until SIGTERM/SIGINT has drained it (or a second signal stops it).
 
     The call log encloses the server so records of calls that end during the drain are written.
+    A worker of `bridge serve --workers N` passes the sockets its supervisor bound.
     """
     from bridge import metrics
     from bridge.app import create_app
@@ -65,7 +81,9 @@ async def serve(settings: Settings, host: str, port: int) -> int:
             await bridge.drain()
             call_log.feed.close()  # end dashboard streams: uvicorn waits for open responses
 
-        server = BridgeServer(uvicorn_config(app, host, port, log_level="info"), on_drain=drain)
+        server = BridgeServer(
+            uvicorn_config(app, host, port, log_level="info"), on_drain=drain, on_started=on_started
+        )
         async with asyncio.TaskGroup() as tg:
             metrics_server = None
             if settings.metrics_port:
@@ -73,8 +91,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
                     uvicorn_config(metrics.metrics_app(), host, settings.metrics_port)
                 )
                 metrics_server.config.lifespan = "off"
-                tg.create_task(metrics_server.serve(), name="metrics-server")
-            await server.serve()
+                tg.create_task(metrics_server.serve(metrics_sockets), name="metrics-server")
+            await server.serve(sockets)
             if metrics_server is not None:
                 metrics_server.should_exit = True
     return 0
@@ -89,7 +107,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _config_error(exc: ConfigError) -> int:
+def config_error(exc: ConfigError) -> int:
     print("bridge: configuration error:", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
@@ -102,6 +120,13 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args.wav, verbose=args.verbose))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--numbers", help="per-number profiles file (default: $BRIDGE_NUMBERS)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="processes sharing the port, one core each (default: $BRIDGE_WORKERS or 1; "
+        "more than 1 needs a PostgreSQL call log)",
+    )
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="one complete simulated call, offline")

@@ -20,8 +20,12 @@ class CallContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -29,20 +33,28 @@ class JsonFormatter(logging.Formatter):
             "call_sid": getattr(record, "call_sid", "-"),
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Install one stderr handler on the root logger (idempotent)."""
+def configure(level: str = "INFO", fmt: str = "text", *, worker: int | None = None) -> None:
+    """Install one stderr handler on the root logger (idempotent).
+
+    `worker`: the index of a `bridge serve --workers N` process, shown on each of its lines.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CallContextFilter())
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
+        who = "" if worker is None else f"worker {worker} "
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(call_sid)s] %(message)s")
+            logging.Formatter(
+                f"%(asctime)s %(levelname)-7s {who}%(name)s [%(call_sid)s] %(message)s"
+            )
         )
     root = logging.getLogger()
     for old in list(root.handlers):

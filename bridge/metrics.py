@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal, TypeVar
@@ -21,6 +22,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
 from pydantic import SecretStr
@@ -89,6 +91,7 @@ REALTIME_ERROR_KINDS: tuple[RealtimeErrorKind, ...] = (
 # 1 frame in SAMPLE_EVERY is timed: 20 ms frames make that one observation per second per
 # direction per call. Histogram counts of sampled series are frames / SAMPLE_EVERY.
 SAMPLE_EVERY = 50
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # set by `bridge serve --workers N` (bridge.workers)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The process_* (CPU, RSS, fds), python_info and python_gc_* series the global registry has too.
@@ -96,7 +99,13 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
-LIVE_CALLS = Gauge("bridge_live_calls", "Calls in progress in this process.", registry=REGISTRY)
+# multiprocess_mode says how `bridge serve --workers N` sums a gauge over live workers.
+LIVE_CALLS = Gauge(
+    "bridge_live_calls",
+    "Calls in progress (summed over worker processes).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 CALLS_ENDED = Counter(
     "bridge_calls_ended", "Calls ended, by end reason.", ["reason"], registry=REGISTRY
 )
@@ -148,6 +157,7 @@ QUEUE_DEPTH = Gauge(
     "bridge_queue_depth",
     "Items waiting in a queue, summed over calls.",
     ["queue"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 CALL_LOG_WRITE_FAILURES = Counter(
@@ -159,7 +169,12 @@ PROTOCOL_ERRORS = Counter(
     ["side"],
     registry=REGISTRY,
 )
-DRAINING = Gauge("bridge_draining", "1 while draining for shutdown, else 0.", registry=REGISTRY)
+DRAINING = Gauge(
+    "bridge_draining",
+    "1 while draining for shutdown, else 0.",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
 
 METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     LIVE_CALLS,
@@ -292,9 +307,21 @@ def watch_queue(queue: str, depth: Callable[[], int]) -> None:
 
 
 def render(accept: str = "") -> tuple[bytes, str]:
-    """The exposition of `REGISTRY` and its content type, negotiated from an Accept header."""
+    """The exposition and its content type, negotiated from an Accept header.
+
+    Under `bridge serve --workers N` every worker writes its series to files in
+    $PROMETHEUS_MULTIPROC_DIR, and any worker's scrape sums them over all workers (live ones
+    for gauges); the per-process series (process_*, python_gc_*) are left out there, as
+    prometheus-client's multiprocess mode does: one process's CPU is not the server's.
+    """
     encoder, content_type = choose_encoder(accept)
-    return encoder(REGISTRY), content_type
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if not directory:
+        return encoder(REGISTRY), content_type
+    registry = CollectorRegistry()  # per scrape, as the library asks: the files change
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    PlatformCollector(registry=registry)
+    return encoder(registry), content_type
 
 
 async def _exposition(request: Request) -> Response:

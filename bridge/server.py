@@ -39,17 +39,29 @@ class BridgeServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM/SIGINT drains calls before the server exits.
 
     `on_drain` runs the drain (a coroutine function); a second signal exits at once.
+    `on_started`, if given, is called once the server is accepting connections.
     """
 
-    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_drain: Callable[[], Awaitable[None]],
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
+        self._on_started = on_started
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None or self._loop is None:

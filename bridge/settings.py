@@ -65,6 +65,7 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_DATABASE_URL": "database_url",
     "BRIDGE_DRAIN_SECONDS": "drain_seconds",
     "BRIDGE_METRICS_PORT": "metrics_port",
+    "BRIDGE_WORKERS": "workers",
 }
 
 
@@ -103,6 +104,7 @@ class Settings(BaseModel):
     database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
     drain_seconds: float = Field(default=300.0, ge=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)  # `bridge serve` processes (bridge.workers)
 
     @field_validator("openai_api_key")
     @classmethod

@@ -8,12 +8,16 @@ import base64
 import copy
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
 from bridge.audio import FRAME_BYTES, CallerToModel, ulaw_to_pcm16
-from bridge.bench import wire
+from bridge.bench import proc, wire
 from bridge.bench.cli import _levels
 from bridge.bench.inbound import Heard, InboundAudio
 from bridge.bench.measure import (
@@ -512,3 +516,41 @@ def test_inbound_audio_mu_law_in_any_chunking() -> None:
         heard += inbound.feed(data[i : i + 70])[1]
     assert heard == [Heard("call", 99)]
     assert inbound.caller_bytes == len(data)
+
+
+def test_process_tree_sums_a_supervisor_and_its_workers() -> None:
+    """A parent with two busy children: the tree's CPU and memory are more than the parent's,
+    and the listener found for a shared port is the parent (the workers' supervisor)."""
+    script = (
+        "import socket, subprocess, sys, time\n"
+        "sock = socket.create_server(('127.0.0.1', 0)); sock.set_inheritable(True)\n"
+        "busy = 'import time\\nend = time.process_time() + 0.6\\n"
+        "while time.process_time() < end: pass\\ntime.sleep(60)'\n"
+        "children = [subprocess.Popen([sys.executable, '-c', busy], pass_fds=[sock.fileno()])"
+        " for _ in range(2)]\n"
+        "print(sock.getsockname()[1], flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    with parent:
+        try:
+            assert parent.stdout is not None
+            port = int(parent.stdout.readline())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                tree = proc.sample_tree(parent.pid)
+                children = proc.descendants(parent.pid)
+                if tree is not None and len(children) == 2 and tree.cpu_s >= 1.2:
+                    break
+                time.sleep(0.1)
+            own = proc.sample_process(parent.pid)
+            assert own is not None
+            assert tree is not None
+            assert len(children) == 2
+            assert tree.cpu_s >= own.cpu_s + 1.2  # both children's 0.6 s
+            assert tree.rss > own.rss
+            assert proc.find_listener(port) == parent.pid
+        finally:
+            for pid in proc.descendants(parent.pid):
+                os.kill(pid, signal.SIGKILL)
+            parent.kill()

@@ -3,12 +3,16 @@ working; asserts what was measured, never how fast."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from bridge.bench import callgrind, cli
+from bridge.store.database import create_engine
+from tests.test_store_support import database
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -101,3 +105,40 @@ def test_callgrind_dump_totals_are_read(tmp_path: Path) -> None:
     command = callgrind.wrap_command(["python", "-m", "x"], tmp_path)
     assert command[-3:] == ["python", "-m", "x"]
     assert "--instr-atstart=no" in command
+
+
+async def test_bench_runs_workers_on_postgres_and_counts_every_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers 2`: the report's CPU and memory are the supervisor's and both workers'."""
+    async with database("postgresql", tmp_path) as url:
+        report_path = tmp_path / "bench.json"
+        argv = ["--calls", "4", "--seconds", "3", "--ramp", "1", "--workers", "2", "--quiet"]
+        argv += ["--database-url", url, "--json", str(report_path), "--chart", str(tmp_path / "c")]
+        code = await asyncio.to_thread(cli.main, argv)
+        assert code == 0
+        assert "2 workers" in capsys.readouterr().out
+        report = json.loads(report_path.read_text())
+        assert report["config"]["workers"] == 2
+        assert report["config"]["call_log"] == "postgresql+asyncpg"
+        (level,) = report["levels"]
+        assert level["calls"]["held"] == 4
+        assert level["turns"]["replies"] > 0
+        bridge = level["bridge"]
+        assert bridge["cpu_s"] > 0
+        # Three Python processes, each well over 20 MB resident: more than one process counted.
+        assert bridge["rss_baseline_mb"] > 60
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                stored = await connection.scalar(sa.text("SELECT count(*) FROM calls"))
+        finally:
+            await engine.dispose()
+        assert stored == 4  # every call of the run reached the shared call log
+
+
+def test_workers_need_a_shared_call_log_or_bare(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--workers", "2"])
+    assert exit_info.value.code == 2
+    assert "--database-url" in capsys.readouterr().err

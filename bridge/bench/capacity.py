@@ -64,6 +64,8 @@ class Options:
     preload: tuple[str, ...] = ()  # absolute paths: files the started bridge runs first
     bare: bool = False  # started bridge: create_app + in-memory recorder, not `bridge serve`
     instructions: bool = False  # started bridge under callgrind: instructions over the steady phase
+    workers: int = 1  # started bridge: processes (`bridge serve --workers N`)
+    database_url: str | None = None  # started bridge: call log (default: throw-away SQLite)
 
 
 def default_ramp(calls: int) -> float:
@@ -96,6 +98,10 @@ async def _started_target(options: Options, realtime_url: str, log: Path) -> Asy
         command += ["--preload", path]
     if options.bare:
         command.append("--bare")
+    if options.workers > 1:
+        command += ["--workers", str(options.workers)]
+    if options.database_url:
+        command += ["--database-url", options.database_url]
     if options.instructions:
         command = callgrind.wrap_command(command, log.parent)
     start_timeout = START_TIMEOUT_CALLGRIND if options.instructions else START_TIMEOUT
@@ -151,6 +157,10 @@ def _add_instructions(result: dict[str, Any], total: int | None) -> None:
     bridge["instructions"] = total
     seconds = bridge.get("call_seconds")
     bridge["instructions_per_call_second"] = round(total / seconds) if total and seconds else None
+
+
+def _database_kind(url: str | None) -> str:
+    return "sqlite (throw-away)" if url is None else url.split(":", 1)[0]
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -245,6 +255,8 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
             "reply_speedup": options.speedup,
             "generator_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "target": "create_app (bare)" if options.bare else "bridge serve (with call log)",
+            "workers": options.workers,
+            "call_log": "memory (bare)" if options.bare else _database_kind(options.database_url),
             "loop": options.loop or "asyncio (as bridge serve)",
             "http": options.http or "uvicorn default",
             "ws": options.ws or "bridge default (MediaStreamProtocol, websockets sans-I/O)",

@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="started bridge: run it under valgrind's callgrind and count its instructions over "
         "the steady phase (repeatable where CPU seconds are not; use 1-2 calls: it runs slowly)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="started bridge: worker processes, as `bridge serve --workers N` (default 1); "
+        "more than 1 needs --database-url unless --bare",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="started bridge: call log (default: a throw-away SQLite file); PostgreSQL "
+        "(postgresql+asyncpg://...) is migrated first and its records are kept",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -114,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.instructions and args.url:
         parser.error("--instructions needs a bridge the benchmark starts itself (not --url)")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.workers > 1 and (args.url or args.instructions):
+        parser.error("--workers is for a bridge the benchmark starts, without --instructions")
+    if args.workers > 1 and not (args.bare or args.database_url):
+        parser.error("--workers > 1 shares a PostgreSQL call log: give --database-url (or --bare)")
     if args.instructions and not callgrind.available():
         parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
 
@@ -135,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preload=tuple(os.path.abspath(path) for path in args.preload),
         bare=args.bare,
         instructions=args.instructions,
+        workers=args.workers,
+        database_url=args.database_url,
     )
     try:
         with asyncio.Runner(loop_factory=_generator_loop()) as runner:

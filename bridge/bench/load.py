@@ -233,11 +233,11 @@ class _Level:
             await asyncio.wait(closing, timeout=1.0)
 
     def _bridge_rss(self) -> int:
-        sample = proc.sample_process(self.pid) if self.pid else None
+        sample = proc.sample_tree(self.pid) if self.pid else None
         return sample.rss if sample else 0
 
     def _sample_bridge(self, window: _Window) -> None:
-        sample = proc.sample_process(self.pid) if self.pid else None
+        sample = proc.sample_tree(self.pid) if self.pid else None
         if sample is not None:
             window.bridge_cpu.append(sample.cpu_s)
             window.bridge_system.append(sample.system_s)

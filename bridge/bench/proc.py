@@ -6,7 +6,14 @@ import dataclasses
 import os
 from pathlib import Path
 
-__all__ = ["ProcessSample", "SystemSample", "find_listener", "sample_process", "sample_system"]
+__all__ = [
+    "ProcessSample",
+    "SystemSample",
+    "find_listener",
+    "sample_process",
+    "sample_system",
+    "sample_tree",
+]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,16 +32,30 @@ class SystemSample:
     total_s: float
 
 
-def sample_process(pid: int) -> ProcessSample | None:
-    """None once the process is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def sample_process(pid: int, *, with_reaped_children: bool = False) -> ProcessSample | None:
+    """None once the process is gone. `with_reaped_children` adds the CPU of children it has
+    waited for (a worker that exited still counts)."""
+    fields = _stat_fields(pid)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if fields is None:
+        return None
     user, system = int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    if with_reaped_children:
+        user += int(fields[13]) / CLOCK_TICKS
+        system += int(fields[14]) / CLOCK_TICKS
     rss = hwm = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
@@ -42,6 +63,39 @@ def sample_process(pid: int) -> ProcessSample | None:
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) * 1024
     return ProcessSample(user + system, system, rss, hwm)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (a supervisor's workers, and theirs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
+
+
+def sample_tree(pid: int) -> ProcessSample | None:
+    """`pid` and its descendants summed (`bridge serve --workers N` is N + 1 processes): CPU
+    including reaped children, RSS, and the sum of each process's peak RSS. None once `pid`
+    is gone."""
+    root = sample_process(pid, with_reaped_children=True)
+    if root is None:
+        return None
+    samples = [root] + [s for s in map(sample_process, descendants(pid)) if s is not None]
+    return ProcessSample(
+        cpu_s=sum(s.cpu_s for s in samples),
+        system_s=sum(s.system_s for s in samples),
+        rss=sum(s.rss for s in samples),
+        hwm=sum(s.hwm for s in samples),
+    )
 
 
 def sample_system() -> SystemSample:
@@ -66,13 +120,18 @@ def find_listener(port: int) -> int | None:
                 inodes.add(f"socket:[{inode}]")
     if not inodes:
         return None
+    holders: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    return int(entry.name)
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                holders.add(int(entry.name))
         except OSError:
             continue
-    return None
+    # Workers share their supervisor's socket: the holder whose parent does not hold it.
+    for pid in sorted(holders):
+        fields = _stat_fields(pid)
+        if fields is not None and int(fields[1]) not in holders:
+            return pid
+    return min(holders, default=None)

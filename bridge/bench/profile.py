@@ -30,7 +30,8 @@ def find_py_spy() -> str | None:
 
 @contextlib.asynccontextmanager
 async def recording(pid: int, seconds: float, output: Path) -> AsyncIterator[None]:
-    """Sample `pid` for `seconds` into `output` while the body runs (py-spy must exist)."""
+    """Sample `pid` (and its workers, if any) for `seconds` into `output` while the body runs
+    (py-spy must exist)."""
     py_spy = find_py_spy()
     if py_spy is None:
         raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
@@ -44,6 +45,7 @@ async def recording(pid: int, seconds: float, output: Path) -> AsyncIterator[Non
         str(max(1, round(seconds))),
         "--rate",
         str(RATE),
+        "--subprocesses",
         # Blocking sampling (the default) pauses the bridge ~0.1 ms per sample, so a profiled
         # level's latencies are a little worse; --nonblocking truncates ~40% of the coroutine
         # stacks, which makes the inclusive shares useless.

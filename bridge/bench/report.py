@@ -105,7 +105,8 @@ def table(report: dict[str, Any]) -> str:
     lines.insert(
         0,
         f"bridge capacity, audio mode {config['audio_mode']}, "
-        f"{report['machine']['cores']} cores, load average at end "
+        + (f"{config['workers']} workers, " if config.get("workers", 1) > 1 else "")
+        + f"{report['machine']['cores']} cores, load average at end "
         f"{report['machine']['loadavg_at_end']}",
     )
     lines.append("")

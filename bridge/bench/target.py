@@ -6,7 +6,9 @@ benchmark's model side, so /proc/<pid> shows the bridge's own CPU and memory. `-
 `create_app(settings)` with the in-memory recorder instead, to measure the media path alone.
 `--loop`, `--http` and `--ws` override the event loop and uvicorn's choices, and `--preload FILE`
 runs a Python file first (a candidate hot-path change, applied as a patch), to measure
-alternatives. Prints the base URL on stdout before serving.
+alternatives. `--workers N` runs N worker processes under `bridge serve --workers`'s supervisor
+(each applies the same choices); with the call log that needs `--database-url` (PostgreSQL),
+which it migrates first. Prints the base URL on stdout before serving.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preload", action="append", default=[], help="Python file to run before serving"
     )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--database-url", help="call log (default: a throw-away SQLite file); migrated first"
+    )
     return parser
 
 
@@ -85,10 +91,6 @@ def _free_port(host: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for path in args.preload:
-        runpy.run_path(path, run_name="__bench_preload__")
-    overrides = {name: getattr(args, name) for name in ("http", "ws") if getattr(args, name)}
-    _override_uvicorn(overrides)
     http_base = "http" + args.realtime_url.removeprefix("ws").split("/v1/", 1)[0]
     port = args.port or _free_port(args.host)
     with tempfile.TemporaryDirectory(prefix="bridge-bench-target-") as data:
@@ -98,26 +100,87 @@ def main(argv: Sequence[str] | None = None) -> int:
             tts_url=f"{http_base}/v1/audio/speech",
             audio_mode=AudioMode(args.audio_mode),
             log_level=args.log_level,
-            database_url=f"sqlite+aiosqlite:///{data}/calls.db",
+            database_url=args.database_url or f"sqlite+aiosqlite:///{data}/calls.db",
             drain_seconds=DRAIN_SECONDS,
         )
         logs.configure(settings.log_level, settings.log_format)
-        print(f"http://{args.host}:{port}", flush=True)
-        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
-            if args.bare:
-                runner.run(_serve_bare(settings, args.host, port))
-            else:
-                from bridge.cli import serve
+        if args.database_url and not args.bare:
+            asyncio.run(_migrate(args.database_url))
+        if args.workers > 1:
+            from bridge import workers
 
-                runner.run(serve(settings, args.host, port))
+            if not args.bare:
+                workers.require_shared_call_log(settings, args.workers)
+            print(f"http://{args.host}:{port}", flush=True)
+            return workers.serve_workers(
+                settings, args.host, port, args.workers, target=_worker, args=(vars(args),)
+            )
+        print(f"http://{args.host}:{port}", flush=True)
+        return _serve(settings, args.host, port, vars(args))
+
+
+def _serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    *,
+    sockets: list[socket.socket] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> int:
+    """Serve as the options say, in this process (the only one, or one worker)."""
+    for path in options["preload"]:
+        runpy.run_path(path, run_name="__bench_preload__")
+    _override_uvicorn({name: options[name] for name in ("http", "ws") if options[name]})
+    with asyncio.Runner(loop_factory=_loop_factory(options["loop"])) as runner:
+        if options["bare"]:
+            runner.run(_serve_bare(settings, host, port, sockets, ready))
+        else:
+            from bridge.cli import serve
+
+            runner.run(serve(settings, host, port, sockets=sockets, on_started=ready))
     return 0
 
 
-async def _serve_bare(settings: Settings, host: str, port: int) -> None:
+def _worker(
+    sockets: list[socket.socket],
+    ready: Callable[[], None],
+    index: int,
+    settings: Settings,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+) -> int:
+    """One worker of `--workers N` (a `bridge.workers.WorkerTarget`)."""
+    logs.configure(settings.log_level, settings.log_format, worker=index)
+    return _serve(settings, host, port, options, sockets=sockets, ready=ready)
+
+
+async def _serve_bare(
+    settings: Settings,
+    host: str,
+    port: int,
+    sockets: list[socket.socket] | None,
+    ready: Callable[[], None] | None,
+) -> None:
     from bridge.app import create_app
 
-    config = server.uvicorn_config(create_app(settings), host, port, log_level="info")
-    await uvicorn.Server(config).serve()
+    async def drain() -> None:  # the in-memory recorder has nothing to flush
+        await app.state.bridge.drain()
+
+    app = create_app(settings)
+    config = server.uvicorn_config(app, host, port, log_level="info")
+    await server.BridgeServer(config, on_drain=drain, on_started=ready).serve(sockets)
+
+
+async def _migrate(url: str) -> None:
+    from bridge.store.database import create_engine, upgrade
+
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
 
 
 if __name__ == "__main__":
