@@ -202,7 +202,8 @@ class Supervisor:
             self.on_exit(pid)
         status = _describe(code)
         if self._stop_signals:
-            if code != 0:
+            # A worker stopped before it served ends on the default SIGTERM action: no calls lost.
+            if code != 0 and not (code == -signal.SIGTERM and not worker.ready):
                 logger.error("worker %d (pid %s): %s while stopping", worker.index, pid, status)
                 self._status = self._status or 1
             return

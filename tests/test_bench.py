@@ -474,6 +474,19 @@ def test_table_shows_each_level_the_knee_and_a_generator_bottleneck() -> None:
     json.dumps(report_for([level(50, 2.0, 3.0)]))  # the report is plain JSON
 
 
+def test_saturation_is_judged_per_event_loop() -> None:
+    """One loop at 0.9 of a core is saturated; two workers at 0.9 cores in all are not."""
+    report = report_for([level(100, 2.0, 3.0)])
+    report["levels"][0]["bridge"]["cpu_cores"] = 0.9
+    assert "the bridge is SATURATED (0.90 of the one core its event loop can use)" in table(report)
+    report["config"]["workers"] = 2
+    text = table(report)
+    assert "2 workers" in text
+    assert "SATURATED" not in text
+    report["levels"][0]["bridge"]["cpu_cores"] = 1.8
+    assert "SATURATED (1.80 of the 2 cores its loops can use)" in table(report)
+
+
 def test_sweep_levels_argument() -> None:
     assert _levels("50,100, 200") == (50, 100, 200)
     for bad in ("", "a,b", "0,10"):

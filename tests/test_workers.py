@@ -22,6 +22,7 @@ from bridge.sim.analysis import dominant_frequency
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
 from bridge.sim.twilio_caller import TwilioCaller
+from bridge.store.tail import events
 from tests.test_drain import _free_port, dial
 from tests.test_store_support import PG_ADMIN, _admin, database, until
 
@@ -51,6 +52,17 @@ class Server:
 
     async def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 20.0) -> None:
         await until(lambda: len(re.findall(pattern, self.text())) >= count, timeout, 0.05)
+
+    async def live_snapshot(self) -> dict[str, str]:
+        """Call SID -> instance of every call in the live feed of whichever worker answers."""
+        async with (
+            httpx.AsyncClient(base_url=self.base, timeout=10) as client,
+            client.stream("GET", "/api/live") as response,
+        ):
+            async for kind, data in events(response.aiter_lines()):
+                assert kind == "snapshot"
+                return {c["call"]["call_sid"]: c["call"]["instance"] for c in data["calls"]}
+        raise AssertionError("no snapshot")
 
     async def live_calls(self) -> float:
         async with httpx.AsyncClient() as client:
@@ -131,6 +143,11 @@ async def stored_calls(database_url: str) -> list[asyncpg.Record]:
         await connection.close()
 
 
+async def _snapshot_holds(server: Server, sids: set[str]) -> bool:
+    snapshot = await server.live_snapshot()
+    return set(snapshot) == sids and len(set(snapshot.values())) == 2
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -165,6 +182,9 @@ async def test_workers_serve_calls_sum_metrics_and_drain_on_ctrl_c(
                 for caller in callers:
                     tg.create_task(talk(caller))
             assert await server.live_calls() == 8  # summed over both workers
+            sids = {c.call_sid for c in callers}
+            # Whichever worker answers, its live feed holds every worker's calls (PostgreSQL).
+            await until(lambda: _snapshot_holds(server, sids), timeout=10)
             # Ctrl-C in a terminal signals the whole foreground group: the supervisor alone
             # (workers run in their own group), which forwards it once: a drain, not a stop.
             os.killpg(server.process.pid, signal.SIGINT)

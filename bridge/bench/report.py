@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["chart", "table", "write_json"]
 
 Level = dict[str, Any]
-SATURATED_CORES = 0.85  # the bridge is one event loop: one core at most
+SATURATED_CORES = 0.85  # per event loop, and a loop uses one core at most
 
 
 def _ms(value: float | None) -> str:
@@ -121,15 +121,17 @@ def table(report: dict[str, Any]) -> str:
             f"knee: {knee['calls'] if knee['calls'] is not None else 'none'} calls "
             f"({knee['rule']}, limit {knee['limit_ms']:g} ms)"
         )
+    loops = config.get("workers", 1)
     for level in levels:
         if level["calls"]["failures"]:
             reasons = ", ".join(f"{k}: {n}" for k, n in level["calls"]["failures"].items())
             lines.append(f"level {level['level']}: failed calls: {reasons}")
         cores = level["bridge"]["cpu_cores"]
-        if cores is not None and cores >= SATURATED_CORES:
+        if cores is not None and cores >= SATURATED_CORES * loops:
+            can_use = f"the {loops} cores its loops" if loops > 1 else "the one core its event loop"
             lines.append(
-                f"level {level['level']}: the bridge is SATURATED ({cores:.2f} of the one core its "
-                "event loop can use): latency is queueing, CPU per call-minute is understated"
+                f"level {level['level']}: the bridge is SATURATED ({cores:.2f} of {can_use} "
+                "can use): latency is queueing, CPU per call-minute is understated"
             )
         if level["generator"]["bottleneck"]:
             lines.append(
