@@ -110,10 +110,6 @@ class Supervisor:
         self._restarts: list[float] = []
         self._status = 0
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
-
     def run(self) -> int:
         """Start the workers, supervise them, return the exit status once all have exited."""
         wake_reader, wake_writer = socket.socketpair()
@@ -125,7 +121,7 @@ class Supervisor:
                 self._start(index)
             while self._workers:
                 pending = [w.ready_pipe for w in self._workers if not w.ready]
-                sentinels = {w.process.sentinel: w for w in self._workers}
+                sentinels = [w.process.sentinel for w in self._workers]
                 woke = wait([wake_reader, *pending, *sentinels], timeout=5.0)
                 if wake_reader in woke:
                     with contextlib.suppress(BlockingIOError):
