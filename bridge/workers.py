@@ -150,8 +150,10 @@ class Supervisor:
         while self._signals:
             sig = self._signals.pop(0)
             if sig == signal.SIGHUP:
+                # Only to workers that serve: one still starting reads the file anyway, and
+                # SIGHUP's default action (before its handler is installed) would end it.
                 logger.info("SIGHUP: workers reload the numbers file")
-                self._send(signal.SIGHUP)
+                self._send(signal.SIGHUP, ready_only=True)
                 continue
             self._stop_signals += 1
             if self._stop_signals == 1:
@@ -160,8 +162,10 @@ class Supervisor:
                 logger.warning("%s again: workers stop now", signal.Signals(sig).name)
             self._send(signal.SIGTERM)
 
-    def _send(self, sig: int) -> None:
+    def _send(self, sig: int, *, ready_only: bool = False) -> None:
         for worker in self._workers:
+            if ready_only and not worker.ready:
+                continue
             if worker.process.pid is not None and worker.process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, sig)

@@ -93,8 +93,16 @@ def _env(
 
 @contextlib.asynccontextmanager
 async def workers(
-    simulator: RealtimeSimulator, database_url: str, tmp_path: Path, count: int = 2, **extra: str
+    simulator: RealtimeSimulator,
+    database_url: str,
+    tmp_path: Path,
+    count: int = 2,
+    *,
+    early_signal: signal.Signals | None = None,
+    **extra: str,
 ) -> AsyncIterator[Server]:
+    """The server, once every worker serves; `early_signal` goes to the supervisor as soon as
+    it has started its workers, while they are still starting up."""
     port, metrics_port = _free_port(), _free_port()
     env = _env(simulator, database_url, tmp_path, BRIDGE_METRICS_PORT=str(metrics_port), **extra)
     log = tmp_path / "bridge.log"
@@ -109,6 +117,9 @@ async def workers(
         )
     server = Server(process, port, metrics_port, log)
     try:
+        if early_signal is not None:
+            await server.wait_for_log(rf"worker {count - 1}: started", timeout=30)
+            process.send_signal(early_signal)
         await server.wait_for_log(r"worker \d+: serving", count, timeout=60)
         yield server
     finally:
@@ -238,6 +249,20 @@ async def test_sighup_reloads_numbers_in_every_worker(
         server.process.send_signal(signal.SIGHUP)
         await server.wait_for_log(r"worker 0 bridge\.numbers \[-\] numbers reloaded \(SIGHUP\)")
         await server.wait_for_log(r"worker 1 bridge\.numbers \[-\] numbers reloaded \(SIGHUP\)")
+        assert server.process.returncode is None
+
+
+async def test_sighup_while_workers_start_does_not_end_them(
+    simulator: RealtimeSimulator, pg: str, tmp_path: Path
+) -> None:
+    async with workers(simulator, pg, tmp_path, early_signal=signal.SIGHUP) as server:
+        async with await dial(server.base, 1) as caller:
+            await talk(caller)
+            await caller.hangup()
+        text = server.text()
+        assert "SIGHUP: workers reload the numbers file" in text
+        assert "killed by" not in text
+        assert "before it was serving" not in text
         assert server.process.returncode is None
 
 
