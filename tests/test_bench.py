@@ -430,6 +430,19 @@ def test_top_entries_self_and_inclusive_shares() -> None:
     assert top_entries("") == {"samples": 0, "self": [], "inclusive": []}
 
 
+def test_top_entries_sum_workers_without_their_process_frames() -> None:
+    collapsed = "\n".join(
+        [
+            'process 11:"python -m bridge.cli serve";main (bridge/x.py:1);send (asyncio/x.py:3) 3',
+            'process 12:"python -m bridge.cli serve";main (bridge/x.py:1);send (asyncio/x.py:3) 1',
+        ]
+    )
+    top = top_entries(collapsed)
+    assert top["self"] == [["send (asyncio/x.py)", 100.0]]
+    main, send = ["main (bridge/x.py)", 100.0], ["send (asyncio/x.py)", 100.0]
+    assert sorted(top["inclusive"]) == [main, send]
+
+
 def report_for(levels: list[Any]) -> dict[str, Any]:
     full = []
     for lv in levels:

@@ -91,7 +91,9 @@ def top_entries(collapsed: str, limit: int = 15) -> dict[str, Any]:
         if match is None:
             continue
         count = int(match[2])
-        frames = [_short(f) for f in match[1].split(";") if f]
+        # `--subprocesses` roots each stack in a `process PID:"command"` frame: the same code
+        # in every worker, so shares are summed over processes without it.
+        frames = [_short(f) for f in match[1].split(";") if f and not f.startswith("process ")]
         if not frames:
             continue
         total += count
