@@ -28,7 +28,7 @@ from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
 from bridge.store import CallLog, PriceTable
-from bridge.store.database import create_engine, upgrade
+from bridge.store.database import create_engine, upgrade_url
 from bridge.store.queries import CallDetail, get_call
 from bridge.web import admin_routes
 from tests.conftest import RunningBridge, make_settings
@@ -66,7 +66,7 @@ async def database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh, migrated database: a SQLite file, or a PostgreSQL database of our own."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
-        await _migrate(url)
+        await upgrade_url(url)
         yield url
         return
     admin = await _admin()
@@ -74,19 +74,11 @@ async def database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = str(make_url(PG_ADMIN).set(drivername="postgresql+asyncpg", database=name))
-        await _migrate(url)
+        await upgrade_url(url)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-
-
-async def _migrate(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
 
 
 @contextlib.asynccontextmanager

@@ -105,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         logs.configure(settings.log_level, settings.log_format)
         if args.database_url and not args.bare:
-            asyncio.run(_migrate(args.database_url))
+            from bridge.store.database import upgrade_url
+
+            asyncio.run(upgrade_url(args.database_url))
         if args.workers > 1:
             from bridge import workers
 
@@ -171,16 +173,6 @@ async def _serve_bare(
     app = create_app(settings)
     config = server.uvicorn_config(app, host, port, log_level="info")
     await server.BridgeServer(config, on_drain=drain, on_started=ready).serve(sockets)
-
-
-async def _migrate(url: str) -> None:
-    from bridge.store.database import create_engine, upgrade
-
-    engine = create_engine(url)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
 
 
 if __name__ == "__main__":

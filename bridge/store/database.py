@@ -111,6 +111,15 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(run)
 
 
+async def upgrade_url(url: str) -> None:
+    """`upgrade` the database at `url` with an engine of its own (tests, the benchmark)."""
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at; None for a database that was never migrated."""
 
