@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
 from bridge.sim.twilio_caller import TwilioCaller
 from bridge.store.tail import events
+from bridge.workers import slot_sockets
 from tests.test_drain import _free_port, dial
 from tests.test_store_support import PG_ADMIN, _admin, database, until
 
@@ -155,8 +158,7 @@ async def stored_calls(database_url: str) -> list[asyncpg.Record]:
 
 
 async def _snapshot_holds(server: Server, sids: set[str]) -> bool:
-    snapshot = await server.live_snapshot()
-    return set(snapshot) == sids and len(set(snapshot.values())) == 2
+    return set(await server.live_snapshot()) == sids
 
 
 def alive(pid: int) -> bool:
@@ -185,17 +187,25 @@ async def test_workers_serve_calls_sum_metrics_and_drain_on_ctrl_c(
         pids = server.serving()
         assert sorted(pids) == [0, 1]
         assert len(set(pids.values())) == 2
-        callers = [await dial(server.base, n) for n in range(8)]
+        callers: list[TwilioCaller] = []
+        instances: set[str] = set()
         async with contextlib.AsyncExitStack() as stack:
-            for caller in callers:
-                await stack.enter_async_context(caller)
-            async with asyncio.TaskGroup() as tg:
-                for caller in callers:
-                    tg.create_task(talk(caller))
-            assert await server.live_calls() == 8  # summed over both workers
-            sids = {c.call_sid for c in callers}
-            # Whichever worker answers, its live feed holds every worker's calls (PostgreSQL).
-            await until(lambda: _snapshot_holds(server, sids), timeout=10)
+            # The kernel spreads connections over the workers by address hash: 8 calls land on
+            # both but for 1 time in 128, so dial on (up to 24) until both have some.
+            while len(callers) < 8 or (len(instances) < 2 and len(callers) < 24):
+                batch = [await dial(server.base, len(callers) + n) for n in range(4)]
+                for caller in batch:
+                    await stack.enter_async_context(caller)
+                async with asyncio.TaskGroup() as tg:
+                    for caller in batch:
+                        tg.create_task(talk(caller))
+                callers += batch
+                sids = {c.call_sid for c in callers}
+                # Whichever worker answers, its live feed holds every worker's calls.
+                await until(functools.partial(_snapshot_holds, server, sids), timeout=10)
+                instances = set((await server.live_snapshot()).values())
+            assert len(instances) == 2
+            assert await server.live_calls() == len(callers)  # summed over both workers
             # Ctrl-C in a terminal signals the whole foreground group: the supervisor alone
             # (workers run in their own group), which forwards it once: a drain, not a stop.
             os.killpg(server.process.pid, signal.SIGINT)
@@ -214,8 +224,29 @@ async def test_workers_serve_calls_sum_metrics_and_drain_on_ctrl_c(
     records = await stored_calls(pg)
     assert sorted(r["call_sid"] for r in records) == sorted(c.call_sid for c in callers)
     assert {r["end_reason"] for r in records} == {"caller_hangup"}
-    # Both workers took calls (the kernel hands a connection to whichever accepts first).
-    assert len({r["instance"] for r in records}) == 2
+    assert {r["instance"] for r in records} == instances
+
+
+async def test_while_one_worker_drains_a_call_new_calls_get_503_at_once(
+    simulator: RealtimeSimulator, pg: str, tmp_path: Path
+) -> None:
+    """The idle worker stops at once; its share of new connections must not sit in a queue
+    nobody reads (Twilio would wait out its timeout before trying the fallback URL)."""
+    async with workers(simulator, pg, tmp_path, BRIDGE_DRAIN_SECONDS="60") as server:
+        async with await dial(server.base, 1) as caller:
+            await talk(caller)
+            server.process.send_signal(signal.SIGTERM)
+            await server.wait_for_log(r"worker \d \(pid \d+\): stopped")
+            async with httpx.AsyncClient(timeout=5) as client:
+                for n in range(16):  # spread by address hash: both slots would get some
+                    refused = await client.post(
+                        f"{server.base}/twilio/voice", data={"CallSid": f"CAnew{n}"}
+                    )
+                    assert refused.status_code == 503
+            await talk(caller)  # the draining worker's call carries on
+            await caller.hangup()
+        async with asyncio.timeout(20):
+            assert await server.process.wait() == 0
 
 
 async def test_a_dead_worker_is_replaced_and_calls_go_on(
@@ -275,6 +306,30 @@ async def test_workers_exit_when_the_supervisor_is_killed(
         await server.process.wait()
         await until(lambda: not any(alive(pid) for pid in pids), timeout=20)
         assert "drained: every call ended on its own" in server.text()
+
+
+def test_each_worker_slot_listens_on_the_port_and_gets_a_share_of_connections() -> None:
+    slots = slot_sockets("127.0.0.1", 0, 3)
+    clients: list[socket.socket] = []
+    try:
+        port = slots[0].getsockname()[1]
+        assert [sock.getsockname()[1] for sock in slots] == [port] * 3
+        assert len({sock.fileno() for sock in slots}) == 3
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        accepted = []
+        for sock in slots:
+            sock.setblocking(False)
+            count = 0
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sock.accept()[0].close()
+                    count += 1
+            accepted.append(count)
+        assert sum(accepted) == 60
+        assert min(accepted) > 0  # each slot 1 in 3 by hash: none left empty but for ~1e-10
+    finally:
+        for sock in [*clients, *slots]:
+            sock.close()
 
 
 async def test_workers_refuse_a_sqlite_call_log(
