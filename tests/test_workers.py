@@ -37,7 +37,7 @@ class Server:
 
     def __init__(
         self, process: asyncio.subprocess.Process, port: int, metrics_port: int, log: Path
-    ):
+    ) -> None:
         self.process = process
         self.base = f"http://127.0.0.1:{port}"
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -130,7 +130,7 @@ async def workers(
         if process.returncode is None:
             process.kill()
             await process.wait()
-        for pid in pids:  # workers of a killed supervisor drain and exit on their own
+        for pid in pids:  # a killed supervisor's workers would drain for minutes: end them
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
