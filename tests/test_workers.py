@@ -273,6 +273,22 @@ async def test_a_dead_worker_is_replaced_and_calls_go_on(
     assert len(await stored_calls(pg)) == 4
 
 
+async def test_workers_that_keep_dying_stop_the_supervisor(
+    simulator: RealtimeSimulator, pg: str, tmp_path: Path
+) -> None:
+    """Five replacements within a minute are the limit: the sixth death ends the server (for
+    its own supervisor, such as systemd or Docker, to restart or alert), not a restart loop."""
+    async with workers(simulator, pg, tmp_path) as server:
+        for death in range(1, 7):
+            await server.wait_for_log(r"worker 0: serving", count=death, timeout=60)
+            os.kill(server.serving()[0], signal.SIGKILL)
+        async with asyncio.timeout(30):
+            assert await server.process.wait() == 1
+        text = server.text()
+        assert text.count("killed by SIGKILL; starting a replacement") == 5
+        assert "5 replacements in 60s already, stopping" in text
+
+
 async def test_sighup_reloads_numbers_in_every_worker(
     simulator: RealtimeSimulator, pg: str, tmp_path: Path
 ) -> None:
