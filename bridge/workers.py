@@ -257,10 +257,9 @@ class Supervisor:
         """Close a stopped slot's own sockets: the kernel then gives its share of new
         connections to the workers still draining (a 503 at once), not to a queue no one
         reads until the supervisor exits."""
-        in_use = {id(sock) for w in self._workers for sock in self.sockets[w.index]}
-        for sock in self.sockets[index]:
-            if id(sock) not in in_use:
-                sock.close()
+        in_use = {sock for w in self._workers for sock in self.sockets[w.index]}
+        for sock in set(self.sockets[index]) - in_use:
+            sock.close()
 
     def _give_up(self, status: int) -> None:
         """Drain the other workers and exit, for whoever runs us to start the box afresh."""

@@ -46,11 +46,11 @@ def sample_process(pid: int, *, with_reaped_children: bool = False) -> ProcessSa
     """None once the process is gone. `with_reaped_children` adds the CPU of children it has
     waited for (a worker that exited still counts)."""
     fields = _stat_fields(pid)
+    if fields is None:
+        return None
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return None
-    if fields is None:
         return None
     user, system = int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
     if with_reaped_children:
