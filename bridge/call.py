@@ -25,6 +25,13 @@ from websockets.exceptions import ConnectionClosed
 from bridge import audio, metrics, realtime, twilio
 from bridge.bargein import Playback
 from bridge.errors import ProtocolViolation, UpstreamRejected, UpstreamUnavailable
+from bridge.fastws.server import (
+    BACKLOG_EXTENSION,
+    HANDLER_EXTENSION,
+    SEND_EXTENSION,
+    TextHandler,
+)
+from bridge.fastws.upstream import UpstreamWriter
 from bridge.logs import call_sid_var, mask_number
 from bridge.profiles import Profile
 from bridge.record import CallEvent, CallRecord, EndReason, Recorder, Turn
@@ -32,13 +39,6 @@ from bridge.settings import AudioMode, Settings
 from bridge.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
-from bridge.upstream_writer import UpstreamWriter
-from bridge.ws_protocol import (
-    BACKLOG_EXTENSION,
-    HANDLER_EXTENSION,
-    SEND_EXTENSION,
-    TextHandler,
-)
 
 logger = logging.getLogger(__name__)
 

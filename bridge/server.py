@@ -11,7 +11,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
-from bridge.ws_protocol import MediaStreamProtocol
+from bridge.fastws.server import MediaStreamProtocol
 
 
 def uvicorn_config(

@@ -13,7 +13,7 @@ import hashlib
 import os
 import struct
 
-from bridge.wsframe import apply_mask, final_frame_header
+from bridge.fastws.frames import apply_mask, final_frame_header
 
 __all__ = [
     "OP_BINARY",

@@ -17,9 +17,9 @@ import os
 from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
-from bridge.wsframe import OP_TEXT, apply_mask, final_frame_header
+from bridge.fastws.frames import text_frame
 
-__all__ = ["DIRECT_WRITE_LIMIT", "MaskSource", "UpstreamWriter", "text_frame"]
+__all__ = ["DIRECT_WRITE_LIMIT", "MaskSource", "UpstreamWriter"]
 
 # Below websockets' write high-water mark (32 KiB by default) send() would not wait either.
 DIRECT_WRITE_LIMIT = 16 * 1024
@@ -46,11 +46,6 @@ class MaskSource:
             pos = 0
         self._pos = pos + 4
         return self._block[pos : pos + 4]
-
-
-def text_frame(payload: bytes, mask: bytes) -> bytes:
-    """One final, masked text frame (client to server) carrying `payload`."""
-    return final_frame_header(OP_TEXT, len(payload), masked=True) + mask + apply_mask(payload, mask)
 
 
 class UpstreamWriter:

@@ -15,15 +15,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from bridge import server
-from bridge.upstream_writer import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter, text_frame
-from bridge.ws_protocol import (
+from bridge.fastws.frames import simple_text_frames, text_frame
+from bridge.fastws.server import (
     BACKLOG_EXTENSION,
     HANDLER_EXTENSION,
     READ_HIGH_WATER,
     SEND_EXTENSION,
     MediaStreamProtocol,
-    simple_text_frames,
 )
+from bridge.fastws.upstream import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter
 
 
 @pytest.fixture

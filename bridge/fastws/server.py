@@ -47,7 +47,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from bridge.wsframe import OP_TEXT, apply_mask, final_frame_header
+from bridge.fastws.frames import OP_TEXT, final_frame_header, simple_text_frames
 
 __all__ = [
     "BACKLOG_EXTENSION",
@@ -56,7 +56,6 @@ __all__ = [
     "SEND_EXTENSION",
     "MediaStreamProtocol",
     "TextHandler",
-    "simple_text_frames",
 ]
 
 BACKLOG_EXTENSION = "bridge.backlog"
@@ -66,30 +65,6 @@ HANDLER_EXTENSION = "bridge.set_text_handler"
 TextHandler = Callable[[str], bool]
 
 READ_HIGH_WATER = 16  # messages queued for the app before the socket stops being read (320 ms)
-
-
-def simple_text_frames(data: bytes, max_size: int | None) -> list[str] | None:
-    """The messages in `data` if it is nothing but whole, final, masked text frames with UTF-8
-    payloads of at most `max_size` bytes (and under 64 KiB); else None."""
-    texts: list[str] = []
-    i, n = 0, len(data)
-    while i < n:
-        if n - i < 6 or data[i] != 0x81 or not data[i + 1] & 0x80:  # FIN + text, masked
-            return None
-        length, start = data[i + 1] & 0x7F, i + 2
-        if length == 126:
-            length, start = int.from_bytes(data[start : start + 2]), start + 2
-        elif length == 127:
-            return None
-        end = start + 4 + length
-        if end > n or (max_size is not None and length > max_size):
-            return None
-        try:
-            texts.append(apply_mask(data[start + 4 : end], data[start : start + 4]).decode())
-        except UnicodeDecodeError:
-            return None
-        i = end
-    return texts
 
 
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
