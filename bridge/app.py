@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from twilio.twiml.voice_response import VoiceResponse
 
 from bridge import metrics, numbers, signatures, twilio
-from bridge.call import Call, CallServices
+from bridge.call.shell import Call, CallServices
 from bridge.drain import CallRegistry, drain
 from bridge.errors import ConfigError, ProtocolViolation
 from bridge.logs import mask_number
@@ -126,11 +126,12 @@ class Bridge:
     def profile_for(self, start: twilio.Start) -> Profile:
         """The profile of a starting stream, from parameters the webhook signed.
 
-        Raises ProtocolViolation (the call is refused) if a token is required and not valid.
+        Raises ProtocolViolation (the call is refused) if a token is required and not valid,
+        or was used by an earlier stream of this process (see `claim_stream` for the others).
         """
         params = start.custom_parameters
         if self.signatures is not None:
-            self.signatures.verify_stream(params, start.call_sid, now=time.time())
+            self.signatures.admit_stream(params, start.call_sid, now=time.time())
         if self._choose_profile is not None:
             return self._choose_profile(start)
         directory = self.numbers.current
@@ -147,6 +148,12 @@ class Bridge:
         if not routing.admitted:
             raise ProtocolViolation(routing.reason)
         return routing.profile
+
+    async def claim_stream(self, start: twilio.Start) -> None:
+        """After `profile_for`, before any Realtime session: raise ProtocolViolation if another
+        worker or replica already opened a stream with this token (the call log's ledger)."""
+        if self.signatures is not None:
+            await self.signatures.claim_shared(start.custom_parameters, now=time.time())
 
     async def _twilio_form(self, request: Request) -> ImmutableMultiDict[str, str] | Response:
         """The webhook's fields, or the error response if too large or not signed by Twilio."""

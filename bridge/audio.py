@@ -6,12 +6,17 @@ stream gives the same output as converting it in one go. Hot path: numpy, no per
 
 from __future__ import annotations
 
-import audioop
 import sys
+import warnings
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
+
+with warnings.catch_warnings():
+    # Python 3.11/3.12 warn that the stdlib audioop goes away in 3.13 (where audioop-lts serves).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 __all__ = [
     "DELAY_SAMPLES_24K",

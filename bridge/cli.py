@@ -76,6 +76,8 @@ async def serve(
         )
         bridge = app.state.bridge
         bridge.readiness_checks.append(call_log.readiness)
+        if bridge.signatures is not None:  # stream tokens: single use across every replica
+            bridge.signatures.ledger = call_log.stream_tokens
 
         async def drain() -> None:
             await bridge.drain()
@@ -88,7 +90,9 @@ async def serve(
             metrics_server = None
             if settings.metrics_port:
                 metrics_server = EmbeddedServer(
-                    uvicorn_config(metrics.metrics_app(), host, settings.metrics_port)
+                    uvicorn_config(
+                        metrics.metrics_app(), settings.metrics_host, settings.metrics_port
+                    )
                 )
                 metrics_server.config.lifespan = "off"
                 tg.create_task(metrics_server.serve(metrics_sockets), name="metrics-server")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from bridge import metrics
 
 if TYPE_CHECKING:
-    from bridge.call import Call
+    from bridge.call.shell import Call
 
 logger = logging.getLogger(__name__)
 

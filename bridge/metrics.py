@@ -32,8 +32,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from bridge.call.speech_guarantee import Recovery
 from bridge.record import EndReason
-from bridge.speech_guarantee import Recovery
 
 __all__ = [
     "ADDED_LATENCY",

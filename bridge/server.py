@@ -11,7 +11,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
-from bridge.fastws.server import MediaStreamProtocol
+from bridge import fastws
 
 
 def uvicorn_config(
@@ -22,7 +22,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        ws=MediaStreamProtocol,
+        ws=fastws.server_protocol(),
         ws_per_message_deflate=False,  # audio does not compress; deflate would cost CPU per frame
         ws_max_size=256 * 1024,
         ws_ping_interval=20.0,

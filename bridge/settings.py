@@ -65,6 +65,7 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_DATABASE_URL": "database_url",
     "BRIDGE_DRAIN_SECONDS": "drain_seconds",
     "BRIDGE_METRICS_PORT": "metrics_port",
+    "BRIDGE_METRICS_HOST": "metrics_host",
     "BRIDGE_WORKERS": "workers",
 }
 
@@ -104,6 +105,8 @@ class Settings(BaseModel):
     database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
     drain_seconds: float = Field(default=300.0, ge=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The metrics port has no token: loopback unless a scraper must reach it (containers).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
     workers: int = Field(default=1, ge=1, le=64)  # `bridge serve` processes (bridge.workers)
 
     @field_validator("openai_api_key")

@@ -6,22 +6,31 @@ fields (PROTOCOL.md D.5). The `<Parameter>`s that arrive in the stream's `start`
 covered by either, so the voice webhook adds a token: an HMAC, keyed from the auth token, over
 the call SID, the numbers, the profile and an expiry. Any replica with the same auth token can
 check it, so nothing is kept between the webhook and the stream.
+
+A token opens one stream only. Each process remembers the tokens it admitted until they expire
+(`UsedTokens`, the cheap first check); a `TokenLedger` shared by every worker and replica (the
+call log's database) refuses one that another process admitted.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import heapq
 import hmac
 import json
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import HTTPConnection
 from twilio.request_validator import RequestValidator
 
-from bridge.errors import ProtocolViolation
+from bridge.errors import BridgeError, ProtocolViolation
 from bridge.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-twilio-signature"
 TOKEN_TTL = 300.0  # seconds from the webhook's answer to the stream's start, with clock skew
@@ -62,12 +71,64 @@ def _first(value: str | None) -> str:
     return (value or "").split(",")[0].strip()
 
 
-class TwilioSignatures:
-    """Checks Twilio's signatures and signs/verifies our stream parameters (one auth token)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamToken:
+    """A verified stream token as the single-use records know it: a digest, never the token."""
 
-    def __init__(self, auth_token: str) -> None:
+    key: str  # SHA-256 of the token, hex
+    expires: float  # epoch seconds; no record of it is needed after this
+    call_sid: str
+
+
+class LedgerUnavailable(BridgeError):
+    """The shared ledger of used stream tokens could not answer (in time)."""
+
+
+class TokenLedger(Protocol):
+    """Where every worker and replica records the stream tokens used (the call log's database).
+
+    `claim` returns False if the token was claimed before, by anyone; True if this claim is the
+    first. It raises LedgerUnavailable if it cannot answer within a second or so.
+    """
+
+    async def claim(self, token: StreamToken, *, now: float) -> bool: ...
+
+
+class UsedTokens:
+    """The tokens this process admitted, each until it expires: bounded by the calls of the
+    last TOKEN_TTL seconds, since only tokens with a valid MAC and expiry get in."""
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def claim(self, token: StreamToken, *, now: float) -> bool:
+        """True the first time `token` is claimed (and remember it); False after that."""
+        while self._heap and self._heap[0][0] < now:
+            _, key = heapq.heappop(self._heap)
+            del self._expiry[key]
+        if token.key in self._expiry:
+            return False
+        self._expiry[token.key] = token.expires
+        heapq.heappush(self._heap, (token.expires, token.key))
+        return True
+
+
+class TwilioSignatures:
+    """Checks Twilio's signatures and signs/verifies our stream parameters (one auth token).
+
+    Stream tokens are single-use: `admit_stream` (synchronous, this process) and then
+    `claim_shared` (awaited, every process sharing `ledger`) each refuse a token used before.
+    """
+
+    def __init__(self, auth_token: str, *, ledger: TokenLedger | None = None) -> None:
         self._validator = RequestValidator(auth_token)
         self._key = hmac.new(auth_token.encode("utf-8"), _KEY_LABEL, hashlib.sha256).digest()
+        self.used = UsedTokens()
+        self.ledger = ledger  # set once the call log is open (`bridge serve`)
 
     def webhook_valid(self, url: str, params: Any, signature: str) -> bool:
         """A voice webhook or status callback: `params` are the form fields ({} for GET)."""
@@ -103,8 +164,41 @@ class TwilioSignatures:
         if parameters.get("CallSid") != call_sid:
             raise ProtocolViolation("stream callSid differs from the signed CallSid")
 
+    def admit_stream(
+        self, parameters: Mapping[str, str], call_sid: str, *, now: float
+    ) -> StreamToken:
+        """`verify_stream`, then refuse (ProtocolViolation) a token this process has admitted
+        before: a second stream cannot reuse the first one's token within its 5 minutes."""
+        self.verify_stream(parameters, call_sid, now=now)
+        token = stream_token(parameters)
+        if not self.used.claim(token, now=now):
+            raise ProtocolViolation("stream parameters token already used")
+        return token
+
+    async def claim_shared(self, parameters: Mapping[str, str], *, now: float) -> None:
+        """After `admit_stream`: refuse (ProtocolViolation) a token another worker or replica
+        admitted, as the shared ledger records. Without a ledger, or while it cannot answer,
+        the in-process check stands alone (a database outage must not stop calls)."""
+        if self.ledger is None:
+            return
+        token = stream_token(parameters)
+        try:
+            first = await self.ledger.claim(token, now=now)
+        except LedgerUnavailable as exc:
+            logger.warning("stream token not checked against other replicas: %s", exc)
+            return
+        if not first:
+            raise ProtocolViolation("stream parameters token already used (by another replica)")
+
     def _mac(self, parameters: Mapping[str, str]) -> str:
         # JSON of a fixed list: unambiguous whatever characters the values hold.
         message = json.dumps([parameters.get(name, "") for name in SIGNED], separators=(",", ":"))
         digest = hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def stream_token(parameters: Mapping[str, str]) -> StreamToken:
+    """The single-use record of verified stream parameters."""
+    digest = hashlib.sha256(parameters.get("Token", "").encode("utf-8")).hexdigest()
+    expires = float(parameters.get("Expires", "0"))
+    return StreamToken(key=digest, expires=expires, call_sid=parameters.get("CallSid", ""))

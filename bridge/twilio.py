@@ -23,6 +23,8 @@ MEDIA_PATH = "/twilio/media"
 # Twilio sends 20 ms (160 byte) frames; anything past one second is not a phone frame.
 MAX_MEDIA_BYTES = 8000
 MAX_MESSAGE_CHARS = 64 * 1024
+ENCODING = "audio/x-mulaw"  # the only mediaFormat a Media Stream carries
+SAMPLE_RATE = 8000
 _SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 
 
@@ -65,6 +67,18 @@ class Stop:
 TwilioMessage = Connected | Start | Media | Mark | Dtmf | Stop
 
 
+class BadStart(ProtocolViolation):
+    """A `start` message we cannot serve a call from; `field` and `value` say what is wrong.
+
+    Unlike a bad media frame, which is skipped, a bad `start` ends the call as a protocol error.
+    """
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        super().__init__(f"start.{field}: {problem}, got {value!r:.40}")
+        self.field = field
+        self.value = value
+
+
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
     if not isinstance(obj, dict):
         raise ProtocolViolation(f"{where}: expected an object")
@@ -72,6 +86,51 @@ def _field(obj: Any, key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind):
         raise ProtocolViolation(f"{where}.{key}: expected {kind.__name__}, got {value!r:.40}")
     return value
+
+
+def _start_field(start: dict[str, Any], key: str) -> str:
+    value = start.get(key)
+    if not isinstance(value, str) or not _SID.match(value):
+        raise BadStart(key, value, "expected a SID (2-64 letters and digits)")
+    return value
+
+
+def _parse_start(data: dict[str, Any]) -> Start:
+    start = data.get("start")
+    if not isinstance(start, dict):
+        raise BadStart("start", start, "expected an object")
+    stream_sid = _start_field(start, "streamSid")
+    call_sid = _start_field(start, "callSid")
+    account_sid = start.get("accountSid", "")
+    if not isinstance(account_sid, str):
+        raise BadStart("accountSid", account_sid, "expected a string")
+    params = start.get("customParameters", {})
+    if not isinstance(params, dict):
+        raise BadStart("customParameters", params, "expected an object")
+    for name, value in params.items():
+        if not isinstance(value, str):
+            raise BadStart(f"customParameters.{name}", value, "expected a string")
+    media_format = start.get("mediaFormat", {})
+    if not isinstance(media_format, dict):
+        raise BadStart("mediaFormat", media_format, "expected an object")
+    encoding = media_format.get("encoding", ENCODING)
+    if encoding != ENCODING:
+        raise BadStart("mediaFormat.encoding", encoding, f"expected {ENCODING!r}")
+    sample_rate = media_format.get("sampleRate", SAMPLE_RATE)
+    # bool is an int subclass; Twilio sends a JSON number, never a string or true.
+    if type(sample_rate) is not int or sample_rate != SAMPLE_RATE:
+        raise BadStart("mediaFormat.sampleRate", sample_rate, f"expected {SAMPLE_RATE}")
+    channels = media_format.get("channels", 1)
+    if type(channels) is not int or channels != 1:
+        raise BadStart("mediaFormat.channels", channels, "expected 1")
+    return Start(
+        stream_sid=stream_sid,
+        call_sid=call_sid,
+        account_sid=account_sid,
+        custom_parameters=dict(params),
+        encoding=encoding,
+        sample_rate=sample_rate,
+    )
 
 
 def parse_message(text: str) -> TwilioMessage:
@@ -101,24 +160,7 @@ def parse_message(text: str) -> TwilioMessage:
         mark = _field(data, "mark", dict, "mark")
         return Mark(name=_field(mark, "name", str, "mark"))
     if event == "start":
-        start = _field(data, "start", dict, "start")
-        stream_sid = _field(start, "streamSid", str, "start")
-        if not _SID.match(stream_sid):
-            raise ProtocolViolation(f"start.streamSid: malformed {stream_sid!r:.40}")
-        params = start.get("customParameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolViolation("start.customParameters: expected an object")
-        media_format = start.get("mediaFormat") or {}
-        if not isinstance(media_format, dict):
-            raise ProtocolViolation("start.mediaFormat: expected an object")
-        return Start(
-            stream_sid=stream_sid,
-            call_sid=_field(start, "callSid", str, "start"),
-            account_sid=str(start.get("accountSid", "")),
-            custom_parameters={str(k): str(v) for k, v in params.items()},
-            encoding=str(media_format.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(media_format.get("sampleRate", 8000)),
-        )
+        return _parse_start(data)
     if event == "connected":
         return Connected(protocol=str(data.get("protocol", "")))
     if event == "stop":

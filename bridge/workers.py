@@ -351,7 +351,8 @@ def serve_workers(
     from prometheus_client import multiprocess
 
     main = slot_sockets(host, port, count)
-    metrics = [bind(host, settings.metrics_port)] if settings.metrics_port else []
+    metrics_port, metrics_host = settings.metrics_port, settings.metrics_host
+    metrics = [bind(metrics_host, metrics_port)] if metrics_port else []
     sockets = [[sock, *metrics] for sock in main]  # scrapes are rare: one shared socket
     with metrics_directory() as directory:
         logger.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from bridge.record import CallRecord, EndReason, Turn
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.web.auth import COOKIE, is_local, safe_next
+from bridge.web.dashboard import MAX_FORM_BYTES
 from tests.test_store_support import (
     BACKENDS,
     TOKEN,
@@ -91,6 +94,52 @@ async def test_login_gives_a_signed_session_the_api_and_pages_accept(
         assert "max-age=0" in logout.headers["set-cookie"].lower()
 
 
+async def test_login_stops_reading_a_chunked_body_past_its_limit(
+    simulator: RealtimeSimulator, sqlite_url: str
+) -> None:
+    """No Content-Length, chunked, larger than MAX_FORM_BYTES: 413, and the server answers
+    without waiting for the rest, however long the client would go on sending."""
+    async with (
+        logged_bridge(simulator, sqlite_url) as logged,
+        httpx.AsyncClient(base_url=logged.base, timeout=5) as client,
+    ):
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield f"token={TOKEN}&next=/&pad=".encode()
+            for _ in range(4 * MAX_FORM_BYTES // 1024):
+                yield b"x" * 1024
+
+        login = await client.post("/login", content=chunks())
+        assert login.request.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in login.request.headers
+        assert login.status_code == 413
+        assert COOKIE not in login.cookies
+
+        # A raw client that sends headers and then chunks forever, never the final chunk.
+        host, port = logged.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"POST /login HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
+            for _ in range(MAX_FORM_BYTES // 1024 + 2):
+                writer.write(chunk)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                status = await reader.readline()
+            assert status.startswith(b"HTTP/1.1 413"), status
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+        small = await client.post("/login", data={"token": TOKEN, "next": "/"})
+        assert small.status_code == 303  # an ordinary form still logs in
+
+
 async def test_without_a_token_only_direct_loopback_requests_are_served(
     simulator: RealtimeSimulator, sqlite_url: str
 ) -> None:
@@ -107,6 +156,37 @@ async def test_without_a_token_only_direct_loopback_requests_are_served(
         assert "BRIDGE_ADMIN_TOKEN" in page.text
 
 
+async def test_without_a_token_a_public_host_name_is_refused_even_from_loopback(
+    simulator: RealtimeSimulator, sqlite_url: str
+) -> None:
+    """A same-host proxy adding no X-Forwarded-* headers, or a DNS-rebound page, still sends a
+    name that is not this machine's: refused as if it came from elsewhere."""
+    async with (
+        logged_bridge(simulator, sqlite_url, token=None) as logged,
+        httpx.AsyncClient(base_url=logged.base, timeout=5) as client,
+    ):
+        port = logged.base.rsplit(":", 1)[1]
+        for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", "127.8.9.10", "[::1]"):
+            assert (await client.get("/api/calls", headers={"host": host})).status_code == 200
+        for host in ("bridge.example.com", f"bridge.example.com:{port}", "127.0.0.1.nip.io"):
+            api = await client.get("/api/calls", headers={"host": host})
+            assert api.status_code == 403, host
+            assert (
+                api.json()["detail"]
+                == "BRIDGE_ADMIN_TOKEN is not set: the API answers loopback only"
+            )
+            page = await client.get("/", headers={"host": host})
+            assert page.status_code == 403, host
+            assert "BRIDGE_ADMIN_TOKEN" in page.text
+            live = await status_of(client, "/api/live", {"host": host})
+            assert live == 403, host
+            reload = await client.post("/api/numbers/reload", headers={"host": host})
+            assert reload.status_code == 403, host
+            metrics = await client.get("/metrics", headers={"host": host})
+            assert metrics.status_code == 403, host
+        assert (await client.get("/metrics")).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("client", "local"),
     [
@@ -121,8 +201,44 @@ async def test_without_a_token_only_direct_loopback_requests_are_served(
 def test_is_local(client: tuple[str, int] | None, local: bool) -> None:
     scope: dict[str, object] = {
         "type": "http",
-        "headers": [],
+        "headers": [(b"host", b"127.0.0.1:8080")],
         "client": client,
+        "method": "GET",
+        "path": "/",
+    }
+    assert is_local(Request(scope)) is local
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("localhost", True),
+        ("LocalHost:8080", True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:8080", True),
+        ("127.200.3.4:1", True),
+        ("[::1]", True),
+        ("[::1]:8080", True),
+        ("", False),
+        ("bridge.example.com", False),
+        ("bridge.example.com:8080", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("10.0.0.5:8080", False),
+        ("0.0.0.0:8080", False),
+        ("[::2]", False),
+        ("[::1]x", False),
+        ("[::1]:", False),
+        ("localhost:", False),
+        ("localhost:http", False),
+        ("127.1", False),
+    ],
+)
+def test_is_local_needs_a_loopback_host_header(host: str, local: bool) -> None:
+    scope: dict[str, object] = {
+        "type": "http",
+        "headers": [(b"host", host.encode())] if host else [],
+        "client": ("127.0.0.1", 5000),
         "method": "GET",
         "path": "/",
     }

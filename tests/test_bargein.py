@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.bargein import Playback, Truncation
+from bridge.call.bargein import Playback, Truncation
 
 
 def test_heard_follows_mark_echoes_and_elapsed_time() -> None:

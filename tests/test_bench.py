@@ -19,17 +19,17 @@ import pytest
 from bridge.audio import FRAME_BYTES, CallerToModel, ulaw_to_pcm16
 from bridge.bench import proc, wire
 from bridge.bench.cli import _levels
-from bridge.bench.inbound import Heard, InboundAudio
+from bridge.bench.inbound import PreambleVad, caller_side_bytes
 from bridge.bench.measure import (
     InputPairing,
     OutputPairing,
-    Playback,
     Samples,
     cpu_per_call_minute,
     find_knee,
     quantiles,
     summary,
 )
+from bridge.bench.model import ModelServer
 from bridge.bench.probe import CallProbe, Metrics
 from bridge.bench.profile import top_entries
 from bridge.bench.report import table
@@ -39,10 +39,13 @@ from bridge.bench.signature import (
     PreambleDecoder,
     preamble_bits,
     preamble_frames,
-    reply_audio,
     utterance_frames,
     window_rms,
 )
+from bridge.fastws.frames import OP_BINARY, OP_PING, OP_TEXT, ZERO_KEY, apply_mask
+from bridge.fastws.frames import frame as encode_frame
+from bridge.sim.playback import MarkEcho, PlaybackBuffer
+from bridge.sim.vad import VadTransition
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,75 +145,79 @@ def test_output_pairing_clear_and_new_reply_drop_discarded_deltas() -> None:
 # ---- playback, marks, underruns ---------------------------------------------------------------
 
 
-def play(playback: Playback, ticks: int, start: float = 0.0) -> list[str]:
+def play(playback: PlaybackBuffer, ticks: int, start: float = 0.0) -> list[str]:
     echoes: list[str] = []
     for i in range(ticks):
-        echoes += playback.tick(start + i * FRAME_S)[1]
+        echoes += [echo.name for echo in playback.tick(start + i * FRAME_S)[1]]
     return echoes
 
 
+def names(echoes: list[MarkEcho]) -> list[str]:
+    return [echo.name for echo in echoes]
+
+
 def test_playback_end_of_a_reply_is_not_an_underrun() -> None:
-    playback = Playback()
-    playback.feed(3 * FRAME_BYTES, reply=1)
+    playback = PlaybackBuffer()
+    playback.feed_size(3 * FRAME_BYTES, reply=1)
     play(playback, 10)
-    playback.feed(2 * FRAME_BYTES, reply=2)  # the next reply, after silence
+    playback.feed_size(2 * FRAME_BYTES, reply=2)  # the next reply, after silence
     play(playback, 5)
     assert playback.underruns == 0
     assert playback.played == {1: 480, 2: 320}
 
 
 def test_playback_gap_inside_a_reply_is_an_underrun_of_its_length() -> None:
-    playback = Playback()
-    playback.feed(2 * FRAME_BYTES, reply=1)
+    playback = PlaybackBuffer()
+    playback.feed_size(2 * FRAME_BYTES, reply=1)
     play(playback, 2)  # plays both frames
     play(playback, 3)  # three empty ticks: the caller hears 60 ms of nothing
-    playback.feed(FRAME_BYTES, reply=1)  # ...then the reply goes on
+    playback.feed_size(FRAME_BYTES, reply=1)  # ...then the reply goes on
     assert playback.underruns == 1
     assert playback.gaps_ms == pytest.approx([60.0])
 
 
 def test_playback_short_frame_then_resume_counts_the_partial_gap() -> None:
-    playback = Playback()
-    playback.feed(FRAME_BYTES + 80, reply=1)
+    playback = PlaybackBuffer()
+    playback.feed_size(FRAME_BYTES + 80, reply=1)
     play(playback, 2)  # the second tick plays 80 bytes: 10 ms of silence in it
-    playback.feed(FRAME_BYTES, reply=1)
+    playback.feed_size(FRAME_BYTES, reply=1)
     assert playback.underruns == 1
     assert playback.gaps_ms == pytest.approx([10.0])
 
 
 def test_playback_audio_arriving_in_time_has_no_underrun() -> None:
-    playback = Playback()
+    playback = PlaybackBuffer()
     for i in range(20):
-        playback.feed(FRAME_BYTES, reply=1)
+        playback.feed_size(FRAME_BYTES, reply=1)
         playback.tick(i * FRAME_S)
     assert playback.underruns == 0
 
 
 def test_playback_clear_ends_the_reply_without_an_underrun() -> None:
-    playback = Playback()
-    playback.feed(FRAME_BYTES, reply=1)
+    playback = PlaybackBuffer()
+    playback.feed_size(FRAME_BYTES, reply=1)
     play(playback, 3)
     playback.clear()
-    playback.feed(FRAME_BYTES, reply=1)  # late audio of the same reply after a clear
+    playback.feed_size(FRAME_BYTES, reply=1)  # late audio of the same reply after a clear
     assert playback.underruns == 0
 
 
 def test_playback_marks_echo_as_played_and_all_at_once_on_clear() -> None:
-    playback = Playback()
-    assert playback.mark("idle") == ["idle"]  # nothing buffered: echoed at once
-    playback.feed(2 * FRAME_BYTES, reply=1)
-    assert playback.mark("a") == []
-    playback.feed(2 * FRAME_BYTES, reply=1)
-    assert playback.mark("b") == []
+    playback = PlaybackBuffer()
+    assert names(playback.mark("idle")) == ["idle"]  # nothing buffered: echoed at once
+    playback.feed_size(2 * FRAME_BYTES, reply=1)
+    assert names(playback.mark("a")) == []
+    playback.feed_size(2 * FRAME_BYTES, reply=1)
+    assert names(playback.mark("b")) == []
     assert play(playback, 2) == []  # frame 2 is still playing during the second tick
     assert play(playback, 1) == ["a"]
-    assert playback.clear() == ["b"]
+    assert names(playback.clear()) == ["b"]
     assert playback.buffered == 0
 
 
 def test_playback_heard_interpolates_inside_the_playing_frame() -> None:
-    playback = Playback()
-    playback.feed(4 * FRAME_BYTES, reply=3)
+    playback = PlaybackBuffer()
+    playback.feed_size(4 * FRAME_BYTES, reply=3)
     playback.tick(1.00)
     playback.tick(1.02)
     assert playback.played[3] == 320
@@ -361,10 +368,12 @@ def test_generator_audio_material() -> None:
     # The burst never falls below the model side's VAD threshold (-40 dBFS).
     pcm = [ulaw_to_pcm16(base64.b64decode(f)) for f in frames[1:-1]]
     assert min(window_rms(p) for p in pcm) > 328
-    pcmu = reply_audio(1.0, pcmu=True, chunk_ms=100, seed=1)
-    pcm24 = reply_audio(1.0, pcmu=False, chunk_ms=100, seed=1)
-    assert [size for _, size in pcmu] == [800] * 10
-    assert [size for _, size in pcm24] == [4800] * 10
+    model = ModelServer(chunk_ms=100)
+    pcmu = model.reply({"type": "audio/pcmu"}, 0)
+    pcm24 = model.reply({"type": "audio/pcm", "rate": 24000}, 3)  # replies are cycled
+    assert list(pcmu.sizes) == [800] * 20  # the first reply lasts 2 s
+    assert list(pcm24.sizes) == [4800] * 20
+    assert model.reply({"type": "audio/pcmu"}, 3) is pcmu  # encoded once, shared by every call
 
 
 # ---- WebSocket framing ----------------------------------------------------------------------
@@ -373,27 +382,27 @@ def test_generator_audio_material() -> None:
 @pytest.mark.parametrize("size", [0, 10, 125, 126, 300, 65535, 70000])
 def test_frames_round_trip_masked_and_unmasked(size: int) -> None:
     payload = os.urandom(size)
-    unmasked = wire.encode(wire.OP_TEXT, payload, mask=False)
-    assert wire.FrameReader().feed(unmasked) == [(wire.OP_TEXT, payload)]
-    zero_masked = wire.encode(wire.OP_BINARY, payload, mask=True)
-    assert wire.FrameReader().feed(zero_masked) == [(wire.OP_BINARY, payload)]
+    unmasked = encode_frame(OP_TEXT, payload)
+    assert wire.FrameReader().feed(unmasked) == [(OP_TEXT, payload)]
+    zero_masked = encode_frame(OP_BINARY, payload, ZERO_KEY)
+    assert wire.FrameReader().feed(zero_masked) == [(OP_BINARY, payload)]
     # A real client's random key (as the bridge's websockets client sends).
     key = os.urandom(4)
     head = zero_masked[: len(zero_masked) - size - 4]
-    masked = head + key + wire.apply_mask(payload, key)
-    assert wire.FrameReader().feed(masked) == [(wire.OP_BINARY, payload)]
+    masked = head + key + apply_mask(payload, key)
+    assert wire.FrameReader().feed(masked) == [(OP_BINARY, payload)]
 
 
 def test_frame_reader_byte_by_byte_fragments_and_control_frames() -> None:
     first = bytes((0x01, 3)) + b"abc"  # text, not final
-    ping = wire.encode(wire.OP_PING, b"hi", mask=False)  # control frame in between
+    ping = encode_frame(OP_PING, b"hi")  # control frame in between
     last = bytes((0x80, 3)) + b"def"  # final continuation
-    data = first + ping + last + wire.encode(wire.OP_TEXT, b"{}", mask=False)
+    data = first + ping + last + encode_frame(OP_TEXT, b"{}")
     reader = wire.FrameReader()
     messages = []
     for i in range(len(data)):
         messages += reader.feed(data[i : i + 1])
-    assert messages == [(wire.OP_PING, b"hi"), (wire.OP_TEXT, b"abcdef"), (wire.OP_TEXT, b"{}")]
+    assert messages == [(OP_PING, b"hi"), (OP_TEXT, b"abcdef"), (OP_TEXT, b"{}")]
 
 
 def test_handshake_accept_key_and_server_response() -> None:
@@ -510,38 +519,43 @@ def test_sweep_levels_argument() -> None:
 # ---- the model side's ear ---------------------------------------------------------------------
 
 
-def test_inbound_audio_names_the_call_then_hears_speech_start_and_stop() -> None:
-    inbound = InboundAudio(silence_ms=500)
+def test_preamble_vad_names_the_call_then_hears_speech_start_and_stop() -> None:
+    vad = PreambleVad()
     up = CallerToModel()
     silent = b"\xff" * FRAME_BYTES
     speech = [base64.b64decode(f) for f in utterance_frames(1.0)]  # 50 frames
     frames = stream(321) + [silent] * 4 + speech + [silent] * 30
-    heard: list[Heard] = []
+    heard: list[tuple[bool, int]] = []
     sizes = 0.0
     for frame in frames:
-        size, events = inbound.feed(up.convert(frame))
-        sizes += size
-        heard += events
+        pcm = up.convert(frame)
+        sizes += caller_side_bytes(len(pcm), pcmu=False)
+        heard += [(t.started, t.ms) for t in vad.feed(pcm, 24000, 500)]
+        if vad.call_id is not None and not heard:
+            heard.append((False, -vad.call_id))  # the call is named before any speech
     assert sizes == len(frames) * FRAME_BYTES
     onset_ms = (PREAMBLE_AT + PREAMBLE_FRAMES + 5 + 4) * 20
     end_ms = onset_ms + 50 * 20
-    assert heard[0] == Heard("call", 321)
-    assert heard[1].kind == "started"
-    assert abs(heard[1].value - onset_ms) <= 20
-    assert heard[2].kind == "stopped"
-    assert abs(heard[2].value - end_ms) <= 40  # the fade-out and the filter's tail
+    assert heard[0] == (False, -321)
+    assert heard[1][0] is True
+    assert abs(heard[1][1] - onset_ms) <= 20
+    assert heard[2][0] is False
+    assert abs(heard[2][1] - end_ms) <= 40  # the fade-out and the filter's tail
     assert len(heard) == 3
 
 
-def test_inbound_audio_mu_law_in_any_chunking() -> None:
-    inbound = InboundAudio()
-    inbound.pcmu = True
+def test_preamble_vad_mu_law_in_any_chunking_and_deaf_when_ignored() -> None:
+    vad = PreambleVad()
     data = b"".join(stream(99))
-    heard: list[Heard] = []
+    heard: list[VadTransition] = []
     for i in range(0, len(data), 70):  # appends that do not follow frame boundaries
-        heard += inbound.feed(data[i : i + 70])[1]
-    assert heard == [Heard("call", 99)]
-    assert inbound.caller_bytes == len(data)
+        heard += vad.feed(ulaw_to_pcm16(data[i : i + 70]), 8000, 500)
+    assert (vad.call_id, heard) == (99, [])
+    assert caller_side_bytes(len(data), pcmu=True) == len(data)
+    vad.ignore()  # an unknown call: no conversation
+    loud = preamble_frames(1)[0] * 50
+    assert vad.feed(ulaw_to_pcm16(loud), 8000, 500) == []
+    assert vad.call_id is None
 
 
 def test_process_tree_sums_a_supervisor_and_its_workers() -> None:
@@ -565,11 +579,12 @@ def test_process_tree_sums_a_supervisor_and_its_workers() -> None:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 tree = proc.sample_tree(parent.pid)
+                own = proc.sample_process(parent.pid)
                 children = proc.descendants(parent.pid)
-                if tree is not None and len(children) == 2 and tree.cpu_s >= 1.2:
+                # The children are done burning once the tree has 1.2 s more than the parent.
+                if tree and own and len(children) == 2 and tree.cpu_s >= own.cpu_s + 1.2:
                     break
                 time.sleep(0.1)
-            own = proc.sample_process(parent.pid)
             assert own is not None
             assert tree is not None
             assert len(children) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
 
 from bridge.sim.realtime_server import RealtimeSimulator
 from tests.test_store_support import (
@@ -24,7 +25,10 @@ from tests.test_store_support import (
     logged_bridge,
 )
 
-CHROMIUM = "/usr/bin/chromium"
+# Chromium on PATH (Debian's, or a Chrome), else None: Playwright's own browser, the one
+# `playwright install chromium` downloads.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM: list[str | None] = [*filter(None, map(shutil.which, CHROMIUM_NAMES)), None]
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -47,10 +51,19 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        failures = []
+        for executable in CHROMIUM:
+            try:
+                launched = await playwright.chromium.launch(executable_path=executable, args=ARGS)
+                break
+            except PlaywrightError as exc:
+                failures.append(f"{executable or 'Playwright'}: {str(exc).splitlines()[0]}")
+        else:
+            pytest.skip(
+                f"no chromium that starts ({'; '.join(failures)}); "
+                "apt-get install chromium, or playwright install chromium"
+            )
         try:
             yield launched
         finally:

@@ -498,3 +498,13 @@ def test_deploy_readme_points_at_the_capacity_figures_and_commands() -> None:
     assert "bridge bench --calls 100 --seconds 60" in text
     for needle in ("wss://", "LISTEN", "NOTIFY", "/readyz", "server_shutdown", "db upgrade"):
         assert needle in text, needle
+
+
+def test_the_metrics_port_listens_beyond_loopback_where_prometheus_scrapes_from_outside() -> None:
+    """The bridge binds BRIDGE_METRICS_PORT to 127.0.0.1 by default; a published container port
+    and a Prometheus scraping the pod arrive on the container's own address instead."""
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    compose_env = compose()["services"]["bridge"]["environment"]
+    for env in (compose_env, environment()):
+        assert env["BRIDGE_METRICS_PORT"]
+        assert env["BRIDGE_METRICS_HOST"] == "0.0.0.0"

@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from bridge.sim.analysis import active_segments
+from bridge.sim.analysis import active_segments, dominant_frequency
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.signals import silence, tone
 from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
@@ -161,6 +161,47 @@ async def test_drain_deadline_ends_remaining_calls_with_server_shutdown(
         )
     ]
     assert len(goodbyes) == 2
+
+
+async def test_goodbye_is_heard_when_the_deadline_hits_mid_reply(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    """The assistant is in the middle of a long reply when the drain deadline comes: the reply is
+    cut (clear, truncate, cancel), and the goodbye that follows is heard whole before the close:
+    the cancelled reply's `response.done` must not end the call before the goodbye exists."""
+    reply_hz, goodbye_hz = 440.0, 1000.0
+    simulator.config.speedup = 1.0  # the reply streams in real time: it is still running
+    simulator.config.reply_audio = lambda turn: (
+        tone(reply_hz, 8.0, 24000, 0.4) if turn == 0 else tone(goodbye_hz, 1.5, 24000, 0.4)
+    )
+    async with bridge_process(
+        simulator, tmp_path, BRIDGE_DRAIN_SECONDS="1", BRIDGE_GOODBYE="Goodbye!"
+    ) as (process, base):
+        caller = await dial(base, 7)
+        async with caller:
+            caller.say(utterance())
+            await caller.wait_for_playback(0.5, timeout=10)  # the reply is playing
+            process.send_signal(signal.SIGTERM)
+            await caller.wait_closed(timeout=30)
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    assert caller.close_reason == "server_shutdown"
+    heard = caller.heard()
+    (start, end), *_ = active_segments(heard, 8000)  # the goodbye follows the cut at once
+    windows = [
+        dominant_frequency(heard[i : i + 800], 8000)
+        for i in range(int(start * 8000), int(end * 8000) - 799, 800)
+    ]  # 100 ms each
+    names = {reply_hz: "reply", goodbye_hz: "goodbye"}
+    pitches = [next((n for hz, n in names.items() if abs(f - hz) < 20), "other") for f in windows]
+    switch = pitches.index("goodbye")
+    assert set(pitches[:switch]) == {"reply"}
+    assert set(pitches[switch + 1 :]) == {"goodbye"}, "the reply went on after the goodbye began"
+    assert switch / 10 < 6.0, "the reply was not cut"
+    assert (len(pitches) - switch) / 10 == pytest.approx(1.5, abs=0.2), "goodbye not heard whole"
+    (session,) = simulator.sessions
+    assert session.events_received("response.cancel")
+    assert session.events_received("conversation.item.truncate")
 
 
 async def test_second_signal_stops_at_once(simulator: RealtimeSimulator, tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ sockets: a real websockets server checks framing and masking of everything we wr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import websockets
@@ -14,7 +17,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from bridge import server
+from bridge import fastws, server
 from bridge.fastws.frames import simple_text_frames, text_frame
 from bridge.fastws.server import (
     BACKLOG_EXTENSION,
@@ -169,12 +172,12 @@ async def test_direct_sends_arrive_whole_and_in_order_with_library_sends() -> No
     async def endpoint(ws: WebSocket) -> None:
         await ws.accept()
         send_now = ws.scope["extensions"][SEND_EXTENSION]
-        results.append(send_now("a", "é" * 200, "c" * 70_000))  # 7-bit, 16-bit, 64-bit lengths
+        results.append(send_now(("a", "é" * 200, "c" * 70_000)))  # 7-bit, 16-bit, 64-bit lengths
         await ws.send_text("library")
-        results.append(send_now("d"))
+        results.append(send_now(("d",)))
         await ws.receive_text()  # the client's "bye"
         await ws.close()
-        results.append(send_now("after close"))
+        results.append(send_now(("after close",)))
         closed.set()
 
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
@@ -199,7 +202,7 @@ async def test_direct_send_steps_aside_when_twilio_stops_reading() -> None:
         send_now = ws.scope["extensions"][SEND_EXTENSION]
         for i in range(10_000):
             text = f"{i:05d}" + "x" * 8000
-            if not send_now(text):
+            if not send_now((text,)):
                 gave_way.set()
                 await ws.send_text(text)  # waits for the peer, as the ASGI send does
             sent.append(text)
@@ -346,3 +349,49 @@ async def test_bad_frames_still_get_the_librarys_close_codes(frame: bytes, code:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(conn.recv(), 5)
             assert conn.close_code == code
+
+
+@pytest.fixture
+def fresh_switch() -> Iterator[None]:
+    fastws.enabled.cache_clear()
+    yield
+    fastws.enabled.cache_clear()
+
+
+def test_shortcuts_turn_off_with_one_warning_for_untested_versions(
+    fresh_switch: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(fastws.SWITCH, raising=False)
+    monkeypatch.setattr(
+        fastws, "_installed", lambda package: "0.51.0" if package == "uvicorn" else "17.4"
+    )
+    with caplog.at_level(logging.WARNING, logger="bridge.fastws"):
+        assert not fastws.enabled()
+        assert not fastws.enabled()  # decided once
+        assert fastws.server_protocol() == "websockets-sansio"
+    (warning,) = caplog.records
+    assert "uvicorn 0.51.0" in warning.getMessage()
+    assert "tested with uvicorn 0.55.0" in warning.getMessage()
+
+
+def test_shortcuts_follow_the_switch_and_the_pins(
+    fresh_switch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(fastws.SWITCH, "off")
+    assert not fastws.enabled()
+    fastws.enabled.cache_clear()
+    monkeypatch.setenv(fastws.SWITCH, "on")
+    assert fastws.enabled() == (
+        {name: fastws._installed(name) for name in fastws.TESTED} == fastws.TESTED
+    )
+
+
+def test_the_pins_are_the_tested_versions() -> None:
+    """pyproject.toml pins exactly what `bridge.fastws.TESTED` names."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    pins = dict(
+        dependency.split("==", 1)
+        for dependency in pyproject["project"]["dependencies"]
+        if dependency.split("==")[0] in fastws.TESTED
+    )
+    assert pins == fastws.TESTED

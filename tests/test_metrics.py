@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from bridge import metrics
+from bridge.call.speech_guarantee import Recovery
 from bridge.record import EndReason
 from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
-from bridge.speech_guarantee import Recovery
 from tests.conftest import running_bridge
 
 # The names dashboards, alerts and deploy/k8s/hpa.yaml use: renaming one breaks them.

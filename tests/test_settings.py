@@ -51,3 +51,10 @@ def test_serve_exits_2_with_a_clear_message() -> None:
     assert result.returncode == 2
     assert "OPENAI_API_KEY: is required" in result.stderr
     assert "BRIDGE_PUBLIC_URL" in result.stderr
+
+
+def test_the_metrics_port_binds_loopback_by_default() -> None:
+    settings = Settings.from_environ({"OPENAI_API_KEY": "k", "BRIDGE_METRICS_PORT": "9090"})
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9090)
+    everywhere = Settings.from_environ({"OPENAI_API_KEY": "k", "BRIDGE_METRICS_HOST": "0.0.0.0"})
+    assert everywhere.metrics_host == "0.0.0.0"

@@ -24,9 +24,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.sim import signals
 from bridge.sim.realtime_config import ClientError, apply_session_update, default_session
-from bridge.sim.realtime_media import EnergyVad
 from bridge.sim.realtime_server import Mode, RealtimeSimulator, SimConfig, SimSession
 from bridge.sim.realtime_session import RealtimeSessionState
+from bridge.sim.vad import EnergyVad
 
 AUTH = {"Authorization": "Bearer sk-test"}
 REPLY = "Hello! I am doing great, thanks for asking. How can I help you today?"

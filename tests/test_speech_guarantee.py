@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.realtime import OutputItem, ResponseDone
-from bridge.speech_guarantee import Recovery, SpeechGuarantee
 
 
 def done(*items: OutputItem, status: str = "completed") -> ResponseDone:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from bridge.record import CallRecord, EndReason
 from bridge.sim.analysis import active_segments
@@ -334,7 +337,7 @@ async def test_schema_is_prepared_at_start_sqlite_upgraded_postgres_checked(
         engine = create_engine(url)
         try:
             async with engine.begin() as connection:  # back to an empty database
-                for table in ("events", "turns", "calls", "alembic_version"):
+                for table in ("stream_tokens", "events", "turns", "calls", "alembic_version"):
                     await connection.exec_driver_sql(f"DROP TABLE {table}")
             replicas = [create_engine(url) for _ in range(3)]  # migrating at the same moment
             try:
@@ -354,5 +357,67 @@ async def test_schema_is_prepared_at_start_sqlite_upgraded_postgres_checked(
                 await connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'old'")
             with pytest.raises(ConfigError, match="bridge db upgrade"):
                 await prepare(engine)
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_stream_token_is_claimed_once_across_replicas(backend: str, tmp_path: Path) -> None:
+    """Call logs on one database (replicas) claiming one token at the same moment: exactly one
+    claim takes; expired rows go once their token can no longer verify anyway."""
+    from bridge.signatures import TOKEN_TTL, StreamToken
+    from bridge.store.schema import stream_tokens
+
+    async with database(backend, tmp_path) as url:
+        replicas = [CallLog(url, instance=f"replica-{n}") for n in range(3)]
+        async with contextlib.AsyncExitStack() as stack:
+            for replica in replicas:
+                await stack.enter_async_context(replica)
+            now = time.time()
+            token = StreamToken(key="a" * 64, expires=now + TOKEN_TTL, call_sid="CA1")
+            async with asyncio.TaskGroup() as tg:
+                claims = [
+                    tg.create_task(replica.stream_tokens.claim(token, now=now))
+                    for replica in replicas
+                    for _ in range(3)
+                ]
+            assert sorted(claim.result() for claim in claims) == [False] * 8 + [True]
+            other = StreamToken(key="b" * 64, expires=now + TOKEN_TTL, call_sid="CA2")
+            assert await replicas[0].stream_tokens.claim(other, now=now)
+            async with replicas[0].engine.connect() as connection:
+                rows = (await connection.execute(sa.select(stream_tokens))).all()
+            assert {row.token_key for row in rows} == {"a" * 64, "b" * 64}
+            assert {row.call_sid for row in rows} == {"CA1", "CA2"}
+
+            later = now + 3 * TOKEN_TTL  # both long expired: the next claim prunes them
+            fresh = StreamToken(key="c" * 64, expires=later + TOKEN_TTL, call_sid="CA3")
+            assert await replicas[1].stream_tokens.claim(fresh, now=later)
+            async with replicas[1].engine.connect() as connection:
+                keys = (await connection.execute(sa.select(stream_tokens.c.token_key))).all()
+            assert [key for (key,) in keys] == ["c" * 64]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_migration_0002_adds_stream_tokens_to_a_call_log_at_0001(
+    backend: str, tmp_path: Path
+) -> None:
+    from bridge.store.database import create_engine, current_revision, upgrade
+    from bridge.store.schema import stream_tokens
+
+    async with database(backend, tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as connection:  # back to 0001, with a call in it
+                await connection.exec_driver_sql("DROP TABLE stream_tokens")
+                await connection.exec_driver_sql("UPDATE alembic_version SET version_num='0001'")
+                await connection.exec_driver_sql(
+                    "INSERT INTO calls (call_sid, started_at, updated_at) VALUES ('CA1', 1, 1)"
+                )
+            await upgrade(engine)
+            assert await current_revision(engine) == "0002"
+            async with engine.connect() as connection:
+                assert (await connection.execute(sa.select(stream_tokens))).all() == []
+                calls = await connection.exec_driver_sql("SELECT call_sid FROM calls")
+                assert calls.all() == [("CA1",)]
         finally:
             await engine.dispose()

@@ -158,6 +158,9 @@ async def logged_bridge(
         recorder=Tee(memory, call_log.recorder),
         routes=admin_routes(settings, call_log, stream_seconds=stream_seconds),
     )
+    bridge = app.state.bridge
+    if bridge.signatures is not None:  # as `bridge serve` does
+        bridge.signatures.ledger = call_log.stream_tokens
     async with call_log, serving(app) as base:
         yield LoggedBridge(RunningBridge(base, app, memory, settings), call_log)
 

@@ -116,3 +116,102 @@ def test_connect_twiml_carries_parameters() -> None:
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     assert params == {"From": "+1555", "To": "+1666"}
     assert ET.fromstring(twilio.reject_twiml()).find("Reject") is not None
+
+
+def start_message(**changes: object) -> str:
+    """A well-formed `start`, with fields of `start` replaced (None: removed)."""
+    start: dict[str, object] = {
+        "streamSid": "MZabc123",
+        "accountSid": "AC1",
+        "callSid": "CA1",
+        "tracks": ["inbound"],
+        "customParameters": {"From": "+15550100001"},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    for key, value in changes.items():
+        if value is None:
+            del start[key]
+        else:
+            start[key] = value
+    return json.dumps({"event": "start", "streamSid": "MZabc123", "start": start})
+
+
+def media_format(**changes: object) -> dict[str, object]:
+    return {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1} | changes
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        (
+            start_message(mediaFormat=media_format(sampleRate="8000")),
+            "mediaFormat.sampleRate",
+            "8000",
+        ),
+        (
+            start_message(mediaFormat=media_format(sampleRate="fast")),
+            "mediaFormat.sampleRate",
+            "fast",
+        ),
+        (
+            start_message(mediaFormat=media_format(sampleRate=8000.5)),
+            "mediaFormat.sampleRate",
+            8000.5,
+        ),
+        (
+            start_message(mediaFormat=media_format(sampleRate=16000)),
+            "mediaFormat.sampleRate",
+            16000,
+        ),
+        (start_message(mediaFormat=media_format(sampleRate=True)), "mediaFormat.sampleRate", True),
+        (
+            start_message(mediaFormat=media_format(encoding="audio/l16")),
+            "mediaFormat.encoding",
+            "audio/l16",
+        ),
+        (start_message(mediaFormat=media_format(encoding=7)), "mediaFormat.encoding", 7),
+        (start_message(mediaFormat=media_format(channels=2)), "mediaFormat.channels", 2),
+        (start_message(mediaFormat=media_format(channels="1")), "mediaFormat.channels", "1"),
+        (start_message(mediaFormat="audio/x-mulaw"), "mediaFormat", "audio/x-mulaw"),
+        (start_message(mediaFormat=[8000]), "mediaFormat", [8000]),
+        (start_message(streamSid=None), "streamSid", None),
+        (start_message(streamSid=12), "streamSid", 12),
+        (start_message(callSid=None), "callSid", None),
+        (start_message(callSid=""), "callSid", ""),
+        (start_message(callSid='CA"1'), "callSid", 'CA"1'),
+        (start_message(accountSid=5), "accountSid", 5),
+        (start_message(customParameters=["From"]), "customParameters", ["From"]),
+        (start_message(customParameters={"To": 5}), "customParameters.To", 5),
+        ('{"event": "start", "start": "now"}', "start", "now"),
+        ('{"event": "start"}', "start", None),
+    ],
+)
+def test_a_malformed_start_raises_bad_start_naming_field_and_value(
+    text: str, field: str, value: object
+) -> None:
+    with pytest.raises(twilio.BadStart) as raised:
+        twilio.parse_message(text)
+    assert isinstance(raised.value, ProtocolViolation)  # a protocol error, not internal_error
+    assert raised.value.field == field
+    assert raised.value.value == value
+    assert type(raised.value.value) is type(value)
+    assert f"start.{raised.value.field}" in raised.value.detail
+    assert repr(value)[:40] in raised.value.detail
+
+
+def test_a_start_without_optional_fields_takes_twilios_defaults() -> None:
+    start = twilio.parse_message(start_message(mediaFormat=None, customParameters=None))
+    assert start == twilio.Start(
+        stream_sid="MZabc123",
+        call_sid="CA1",
+        account_sid="AC1",
+        custom_parameters={},
+        encoding="audio/x-mulaw",
+        sample_rate=8000,
+    )
+
+
+def test_only_start_problems_are_bad_start() -> None:
+    with pytest.raises(ProtocolViolation) as raised:
+        twilio.parse_message('{"event": "media", "media": {"payload": 5}}')
+    assert not isinstance(raised.value, twilio.BadStart)

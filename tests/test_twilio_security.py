@@ -4,10 +4,12 @@ each accepted only when signed with the auth token, over real sockets."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,13 +17,16 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
+from bridge import twilio
 from bridge.app import create_app
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, ProtocolViolation
 from bridge.record import EndReason, MemoryRecorder
 from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
 from bridge.sim.twilio_caller import TwilioCaller, loopback_url, parse_stream
+from bridge.store import CallLog
 from tests.conftest import RunningBridge, make_settings, run_bridge
+from tests.test_store_support import BACKENDS, database
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://bridge.example.com"
@@ -253,3 +258,69 @@ def test_serve_in_production_without_a_token_exits_2() -> None:
     result = run_bridge("serve", "--port", "0", OPENAI_API_KEY="sk-test", BRIDGE_ENV="production")
     assert result.returncode == 2
     assert "TWILIO_AUTH_TOKEN: required when BRIDGE_ENV=production" in result.stderr
+
+
+async def test_a_stream_token_opens_one_stream_only(
+    secure: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    """The webhook's token, replayed by a second properly signed stream (while the first is
+    live, or after it), is refused before any Realtime session is opened for it."""
+    call_sid = new_sid()
+    url, params = await answer(secure, call_sid)
+    headers = {"X-Twilio-Signature": sign(url, {})}
+
+    def stream() -> TwilioCaller:
+        return TwilioCaller(
+            loopback_url(url, secure.base),
+            custom_parameters=params,
+            headers=headers,
+            call_sid=call_sid,
+        )
+
+    async with stream() as first:
+        await simulator.wait_for_session()
+        async with stream() as replay:
+            await replay.wait_closed(timeout=5)
+        assert replay.close_code == 1008
+        await first.hangup()
+    record = await secure.finished(call_sid)
+    assert record.end_reason is EndReason.CALLER_HANGUP
+    async with stream() as late_replay:
+        await late_replay.wait_closed(timeout=5)
+    assert late_replay.close_code == 1008
+    assert len(simulator.sessions) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_stream_token_used_on_one_replica_is_refused_on_another(
+    simulator: RealtimeSimulator, tmp_path: Path, backend: str
+) -> None:
+    """Each replica's in-process check passes a token it never saw; the call log's database,
+    which every replica shares, refuses the second use (`Bridge.claim_stream`)."""
+    async with database(backend, tmp_path) as url, contextlib.AsyncExitStack() as stack:
+        replicas: list[RunningBridge] = []
+        for n in range(2):
+            call_log = await stack.enter_async_context(CallLog(url, instance=f"replica-{n}"))
+            settings = make_settings(simulator, twilio_auth_token=TOKEN, public_url=PUBLIC)
+            app = create_app(settings, recorder=call_log.recorder)
+            app.state.bridge.signatures.ledger = call_log.stream_tokens  # as `bridge serve`
+            base = await stack.enter_async_context(serving(app))
+            replicas.append(RunningBridge(base, app, MemoryRecorder(), settings))
+        first, second = replicas
+        call_sid = new_sid()
+        _, params = await answer(first, call_sid)
+        start = twilio.Start(
+            "MZ" + "1" * 32, call_sid, "AC" + "0" * 32, params, "audio/x-mulaw", 8000
+        )
+        first.state.profile_for(start)
+        await first.state.claim_stream(start)
+        second.state.profile_for(start)  # this process never saw the token
+        with pytest.raises(ProtocolViolation, match="already used"):
+            await second.state.claim_stream(start)
+        with pytest.raises(ProtocolViolation, match="already used"):
+            first.state.profile_for(start)
+        other = twilio.Start("MZ" + "2" * 32, new_sid(), "AC" + "0" * 32, {}, "audio/x-mulaw", 8000)
+        _, other_params = await answer(second, other.call_sid)
+        other = dataclasses.replace(other, custom_parameters=other_params)
+        second.state.profile_for(other)
+        await second.state.claim_stream(other)  # a fresh token still passes

@@ -388,3 +388,73 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at `port`, as the kernel reports them."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(int(address, 16).to_bytes(4, "little")))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net/tcp")
+@pytest.mark.parametrize(
+    ("count", "metrics_host", "bound"),
+    [(1, None, "127.0.0.1"), (2, None, "127.0.0.1"), (2, "0.0.0.0", "0.0.0.0")],
+)
+async def test_the_metrics_port_binds_loopback_unless_told_otherwise(
+    simulator: RealtimeSimulator,
+    tmp_path: Path,
+    count: int,
+    metrics_host: str | None,
+    bound: str,
+) -> None:
+    """`bridge serve --host 0.0.0.0` serves calls on every address but its token-free metrics
+    port on 127.0.0.1 only, unless BRIDGE_METRICS_HOST says otherwise (as deploy/ does)."""
+    port, metrics_port = _free_port(), _free_port()
+    extra = {"BRIDGE_METRICS_PORT": str(metrics_port)}
+    if metrics_host is not None:
+        extra["BRIDGE_METRICS_HOST"] = metrics_host
+    async with contextlib.AsyncExitStack() as stack:
+        if count > 1:
+            url = await stack.enter_async_context(database("postgresql", tmp_path))
+        else:
+            url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+        log = tmp_path / "bridge.log"
+        with log.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "bridge.cli", "serve", "--workers", str(count)),
+                *("--host", "0.0.0.0", "--port", str(port)),
+                env=_env(simulator, url, tmp_path, **extra),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+
+                async def scraped() -> bool:
+                    try:
+                        response = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+                    except httpx.TransportError:
+                        return False
+                    return response.status_code == 200 and "bridge_live_calls" in response.text
+
+                await until(scraped, 60, 0.1)
+                ready = await client.get(f"http://127.0.0.1:{port}/readyz")
+                assert ready.status_code == 200, log.read_text(errors="replace")
+            assert listening_on(metrics_port) == {bound}
+            assert listening_on(port) == {"0.0.0.0"}
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        assert process.returncode == 0, log.read_text(errors="replace")

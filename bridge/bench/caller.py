@@ -23,15 +23,16 @@ from collections.abc import Mapping
 import orjson
 
 from bridge.bench import wire
-from bridge.bench.measure import Playback
 from bridge.bench.probe import CallProbe, Metrics
 from bridge.bench.signature import PREAMBLE_AT, PREAMBLE_FRAMES, preamble_frames
+from bridge.fastws.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ZERO_KEY, close_payload, frame
+from bridge.sim.playback import RATE, SILENCE, PlaybackBuffer
 from bridge.sim.twilio_messages import StreamMessages
 
 __all__ = ["Caller", "Script", "Ticker"]
 
 PERIOD_S = 0.02
-SILENCE_B64 = base64.b64encode(b"\xff" * 160).decode("ascii")  # mu-law silence
+SILENCE_B64 = base64.b64encode(SILENCE).decode("ascii")
 _SPEAK_AFTER = PREAMBLE_AT + PREAMBLE_FRAMES + 10
 
 
@@ -124,14 +125,14 @@ class Caller(asyncio.Protocol):
         self._media_head = f'","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"'
         self._stream_sid = stream_sid
         self._preamble = [
-            SILENCE_B64 if f == b"\xff" * 160 else _b64(f) for f in preamble_frames(probe.call_id)
+            SILENCE_B64 if f == SILENCE else _b64(f) for f in preamble_frames(probe.call_id)
         ]
         self._transport: asyncio.Transport | None = None
         self._head = b""
         self._reader: wire.FrameReader | None = None
         self._hanging_up = False
         self._open = False
-        self.playback = Playback()
+        self.playback = PlaybackBuffer()
         # script state
         self._state = "idle"
         self._speak_at = _SPEAK_AFTER
@@ -175,11 +176,11 @@ class Caller(asyncio.Protocol):
                 return
             data = rest
         for opcode, payload in reader.feed(data):
-            if opcode == wire.OP_TEXT:
+            if opcode == OP_TEXT:
                 self._on_text(payload)
-            elif opcode == wire.OP_PING:
-                self._write(wire.encode(wire.OP_PONG, payload, mask=True))
-            elif opcode == wire.OP_CLOSE:
+            elif opcode == OP_PING:
+                self._write(frame(OP_PONG, payload, ZERO_KEY))
+            elif opcode == OP_CLOSE:
                 self._on_close(payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,7 +201,7 @@ class Caller(asyncio.Protocol):
         self._hanging_up = True
         if self._open and self._transport is not None:
             self._send_text(self._messages.stop())
-            self._write(wire.encode(wire.OP_CLOSE, wire.close_payload(1000), mask=True))
+            self._write(frame(OP_CLOSE, close_payload(1000), ZERO_KEY))
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -217,7 +218,7 @@ class Caller(asyncio.Protocol):
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.failure = f"closed by the bridge ({code} {payload[2:].decode(errors='replace')})"
             self._hanging_up = True
-            self._write(wire.encode(wire.OP_CLOSE, payload[:2], mask=True))
+            self._write(frame(OP_CLOSE, payload[:2], ZERO_KEY))
         self._ticker.discard(self)
         if self._transport is not None:
             self._transport.close()
@@ -227,7 +228,7 @@ class Caller(asyncio.Protocol):
             self._transport.write(data)
 
     def _send_text(self, text: str) -> None:
-        self._write(wire.encode(wire.OP_TEXT, text.encode(), mask=True))
+        self._write(frame(OP_TEXT, text.encode(), ZERO_KEY))
 
     # ---- what the bridge sends ---------------------------------------------------------------
 
@@ -246,18 +247,18 @@ class Caller(asyncio.Protocol):
             encoded = message["media"]["payload"]
             n = len(encoded) * 3 // 4 - encoded.endswith("=") - encoded.endswith("==")
             before = playback.underruns
-            playback.feed(n, probe.reply)
+            playback.feed_size(n, probe.reply, now)
             if playback.underruns != before and metrics.recording:
                 metrics.underruns += 1
                 metrics.gaps.add(playback.gaps_ms[-1])
             probe.output.media_received(n, now, metrics.sink(metrics.model_to_caller))
         elif event == "mark":
-            for name in playback.mark(message["mark"]["name"]):
-                self._send_text(self._messages.mark(name))
+            for echo in playback.mark(message["mark"]["name"]):
+                self._send_text(self._messages.mark(echo.name))
         elif event == "clear":
             probe.cleared(now, playback.heard(probe.reply, now))
-            for name in playback.clear():
-                self._send_text(self._messages.mark(name))
+            for echo in playback.clear():
+                self._send_text(self._messages.mark(echo.name))
         else:
             metrics.protocol_errors += 1
 
@@ -275,11 +276,10 @@ class Caller(asyncio.Protocol):
             f'{{"event":"media","sequenceNumber":"{messages.sequence}{self._media_head}'
             f'{k + 1}","timestamp":"{k * 20}","payload":"{payload}"}}}}'
         )
-        out = wire.encode(wire.OP_TEXT, text.encode(), mask=True)
+        out = frame(OP_TEXT, text.encode(), ZERO_KEY)
         if echoes:
             out += b"".join(
-                wire.encode(wire.OP_TEXT, messages.mark(name).encode(), mask=True)
-                for name in echoes
+                frame(OP_TEXT, messages.mark(echo.name).encode(), ZERO_KEY) for echo in echoes
             )
         self.frames_sent = k + 1
         self.probe.input.sent(now)
@@ -328,7 +328,7 @@ class Caller(asyncio.Protocol):
             self._barge_at = None
             script = self._script
             if self._rng.random() < script.barge_in_share:
-                self._barge_at = round(self._rng.uniform(*script.barge_after_s) * 8000)
+                self._barge_at = round(self._rng.uniform(*script.barge_after_s) * RATE)
         elif (k - self._since) * PERIOD_S > self._script.reply_timeout_s:
             if self.metrics.recording:
                 self.metrics.missed_replies += 1

@@ -6,8 +6,7 @@ Sans-I/O, so the pairing rules are tested on synthetic timelines:
   that merged or split frames would still pair correctly).
 - `OutputPairing`, model -> caller: every delta is paired with the moment the caller has received
   the reply's audio up to the last whole frame that delta completes.
-- `Playback`, Twilio's buffer at the caller: drained one frame per tick, marks echoed as played;
-  an underrun is a gap heard inside a reply (audio of the same reply resumed after it).
+Twilio's playback buffer at the caller is `bridge.sim.playback.PlaybackBuffer` (in its lean mode).
 - `summary`, `find_knee`: percentiles and the highest level that meets the latency limits.
 """
 
@@ -15,21 +14,17 @@ from __future__ import annotations
 
 import array
 import collections
-import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-BYTES_PER_MS = 8
+from bridge.audio import FRAME_BYTES
 
 __all__ = [
-    "FRAME_BYTES",
     "InputPairing",
     "OutputPairing",
-    "Playback",
     "Samples",
     "find_knee",
     "quantiles",
@@ -155,109 +150,6 @@ class OutputPairing:
     @property
     def unpaired(self) -> int:
         return len(self._pending)
-
-
-@dataclasses.dataclass(slots=True)
-class _Segment:
-    reply: int
-    nbytes: int
-
-
-class Playback:
-    """The caller's playback buffer (as Twilio plays it), with marks and underrun detection.
-
-    Audio arrives tagged with the reply it belongs to; `tick` plays one frame. When a tick
-    finds less than a frame while a reply is playing, the caller hears a gap; if more audio of
-    that same reply then arrives, the gap was an underrun (not the end of the reply).
-    """
-
-    def __init__(self, frame_bytes: int = FRAME_BYTES) -> None:
-        self.frame_bytes = frame_bytes
-        self.buffered = 0
-        self.played: dict[int, int] = {}  # reply -> bytes played
-        self.underruns = 0
-        self.gaps_ms: list[float] = []
-        self._segments: collections.deque[_Segment] = collections.deque()
-        self._marks: collections.deque[tuple[int, str]] = collections.deque()
-        self._appended = 0
-        self._consumed = 0
-        self._dry_reply: int | None = None  # reply whose playback ran dry
-        self._gap_ms = 0.0
-        self._tick_at = 0.0  # the last tick: when, which reply, how many bytes it started
-        self._tick_reply: int | None = None
-        self._tick_bytes = 0
-
-    def feed(self, nbytes: int, reply: int) -> None:
-        if nbytes <= 0:
-            return
-        if self._dry_reply is not None:
-            if self._dry_reply == reply and self._gap_ms > 0.0:
-                self.underruns += 1
-                self.gaps_ms.append(self._gap_ms)
-            self._dry_reply = None
-            self._gap_ms = 0.0
-        if self._segments and self._segments[-1].reply == reply:
-            self._segments[-1].nbytes += nbytes
-        else:
-            self._segments.append(_Segment(reply, nbytes))
-        self.buffered += nbytes
-        self._appended += nbytes
-
-    def mark(self, name: str) -> list[str]:
-        """A mark after the audio sent so far; returns the echoes due at once."""
-        self._marks.append((self._appended, name))
-        return self._reached() if self._appended == self._consumed else []
-
-    def clear(self) -> list[str]:
-        """Drop the buffered audio; every pending mark is echoed at once."""
-        echoes = [name for _, name in self._marks]
-        self._marks.clear()
-        self._segments.clear()
-        self._consumed = self._appended
-        self.buffered = 0
-        self._dry_reply = None
-        self._gap_ms = 0.0
-        self._tick_reply = None  # nothing is playing any more
-        return echoes
-
-    def heard(self, reply: int, now: float) -> float:
-        """Bytes of `reply` the caller has heard by `now`: what was played, less the part of
-        the frame started at the last tick that is still playing (a frame lasts 20 ms)."""
-        played = float(self.played.get(reply, 0))
-        if reply == self._tick_reply:
-            elapsed = (now - self._tick_at) * 1000.0 * BYTES_PER_MS
-            played -= max(0.0, self._tick_bytes - elapsed)
-        return max(0.0, played)
-
-    def tick(self, now: float = 0.0) -> tuple[int, list[str]]:
-        """Play one frame's worth at `now`; returns (bytes played, mark echoes due)."""
-        echoes = self._reached() if self._marks else []
-        want = self.frame_bytes
-        last: int | None = None
-        while want and self._segments:
-            head = self._segments[0]
-            take = min(want, head.nbytes)
-            head.nbytes -= take
-            want -= take
-            last = head.reply
-            self.played[last] = self.played.get(last, 0) + take
-            if head.nbytes == 0:
-                self._segments.popleft()
-        played = self.frame_bytes - want
-        self.buffered -= played
-        self._consumed += played
-        self._tick_at, self._tick_reply, self._tick_bytes = now, last, played
-        if last is not None and not self._segments:
-            self._dry_reply = last  # ran dry: silence from here on is a gap in `last`
-        if want and self._dry_reply is not None:
-            self._gap_ms += want / BYTES_PER_MS
-        return played, echoes
-
-    def _reached(self) -> list[str]:
-        echoes: list[str] = []
-        while self._marks and self._marks[0][0] <= self._consumed:
-            echoes.append(self._marks.popleft()[1])
-        return echoes
 
 
 def passes(level: dict[str, Any], limit_ms: float) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridge.bench.measure import BYTES_PER_MS, InputPairing, OutputPairing, Samples
+from bridge.bench.measure import InputPairing, OutputPairing, Samples
+from bridge.sim.playback import BYTES_PER_MS
 
 __all__ = ["CallProbe", "Metrics"]
 

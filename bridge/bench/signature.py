@@ -16,8 +16,9 @@ import base64
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge.audio import pcm16_to_ulaw
+from bridge.audio import FRAME_BYTES
 from bridge.sim import signals
+from bridge.sim.playback import RATE, SILENCE
 
 __all__ = [
     "ID_BITS",
@@ -26,11 +27,10 @@ __all__ = [
     "PreambleDecoder",
     "preamble_bits",
     "preamble_frames",
-    "reply_audio",
+    "speechlike",
     "utterance_frames",
 ]
 
-FRAME_BYTES = 160
 PREAMBLE_AT = 25  # frames of silence first: time for the bridge to open its Realtime session
 ID_BITS = 12
 CHECK_BITS = 4
@@ -60,11 +60,11 @@ def preamble_bits(call_id: int) -> list[bool]:
 
 
 def _loud_frame() -> bytes:
-    return signals.to_ulaw(signals.tone(_TONE_HZ, FRAME_BYTES / 8000, 8000, _TONE_AMPLITUDE))
+    return signals.to_ulaw(signals.tone(_TONE_HZ, FRAME_BYTES / RATE, RATE, _TONE_AMPLITUDE))
 
 
 _LOUD = _loud_frame()
-_SILENT = b"\xff" * FRAME_BYTES
+_SILENT = SILENCE
 
 
 def preamble_frames(call_id: int) -> list[bytes]:
@@ -113,7 +113,7 @@ class PreambleDecoder:
         return call_id
 
 
-def _speechlike(seconds: float, rate: int, seed: int, amplitude: float) -> NDArray[np.float32]:
+def speechlike(seconds: float, rate: int, seed: int, amplitude: float) -> NDArray[np.float32]:
     """Voiced harmonics with a wandering pitch and a syllable envelope that never goes quiet."""
     rng = np.random.default_rng(seed)
     n = round(seconds * rate)
@@ -129,23 +129,9 @@ def _speechlike(seconds: float, rate: int, seed: int, amplitude: float) -> NDArr
 
 def utterance_frames(seconds: float = 3.0, seed: int = 1) -> list[str]:
     """A caller burst as base64 mu-law frames (the caller sends a prefix of it)."""
-    ulaw = signals.to_ulaw(_speechlike(seconds, 8000, seed, 0.25))
+    ulaw = signals.to_ulaw(speechlike(seconds, 8000, seed, 0.25))
     frames = [ulaw[i : i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
     return [base64.b64encode(f).decode("ascii") for f in frames if len(f) == FRAME_BYTES]
-
-
-def reply_audio(seconds: float, *, pcmu: bool, chunk_ms: int, seed: int) -> list[tuple[str, int]]:
-    """An assistant reply as (base64 delta, decoded bytes) chunks in the session's format."""
-    audio = _speechlike(seconds, 24000, seed, 0.3)
-    pcm = signals.to_pcm16(audio)
-    if pcmu:
-        data = pcm16_to_ulaw(audioop.ratecv(pcm, 2, 1, 24000, 8000, None)[0])
-        step = 8 * chunk_ms
-    else:
-        data = pcm
-        step = 48 * chunk_ms
-    chunks = [data[i : i + step] for i in range(0, len(data), step)]
-    return [(base64.b64encode(c).decode("ascii"), len(c)) for c in chunks]
 
 
 def window_rms(pcm16: bytes) -> float:

@@ -1,9 +1,10 @@
-"""Minimal RFC 6455 for the load generator: handshakes, frame encoding and a streaming reader.
+"""Minimal RFC 6455 for the load generator: handshakes and a streaming frame reader.
 
 Sans-I/O. The generator talks only to known peers on loopback, so this handles what they send
 (text and binary messages, fragmented or not, ping, pong, close) and nothing more: no extensions,
 no UTF-8 validation. It exists because `websockets`' asyncio connection costs the generator
-several times more CPU per message than the bridge it is supposed to measure.
+several times more CPU per message than the bridge it is supposed to measure. Frames are encoded
+by `bridge.fastws.frames` (clients mask with its `ZERO_KEY`).
 """
 
 from __future__ import annotations
@@ -11,48 +12,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import struct
 
-from bridge.fastws.frames import apply_mask, final_frame_header
+from bridge.fastws.frames import OP_CLOSE, OP_CONT, ZERO_KEY, apply_mask
 
 __all__ = [
-    "OP_BINARY",
-    "OP_CLOSE",
-    "OP_PING",
-    "OP_PONG",
-    "OP_TEXT",
     "FrameReader",
     "HandshakeError",
     "accept_key",
-    "apply_mask",
     "client_request",
-    "close_payload",
-    "encode",
     "parse_head",
     "server_response",
 ]
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# RFC 6455 §5.3 wants an unpredictable key so that hostile scripts cannot steer what proxies
-# see. Between the generator and a server on loopback there is no proxy and no script: a zero key
-# keeps the payload as is, and the server still runs its full unmasking pass.
-_ZERO_KEY = b"\x00\x00\x00\x00"
 MAX_HEAD = 16 * 1024
 
 
 class HandshakeError(Exception):
     """The peer's opening handshake is not a WebSocket upgrade we can accept."""
-
-
-def encode(opcode: int, payload: bytes, *, mask: bool) -> bytes:
-    """One final frame; clients (`mask=True`) mask with the zero key (see `_ZERO_KEY`)."""
-    head = final_frame_header(opcode, len(payload), masked=mask)
-    return head + _ZERO_KEY + payload if mask else head + payload
-
-
-def close_payload(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode("utf-8")[:120]
 
 
 class FrameReader:
@@ -91,7 +68,7 @@ class FrameReader:
                 break
             payload = buf[pos + head : pos + head + n]
             pos += head + n
-            if key and key != _ZERO_KEY:
+            if key and key != ZERO_KEY:
                 payload = apply_mask(payload, key)
             opcode = b0 & 0x0F
             # Control frames are never fragmented; a final non-continuation frame is whole.

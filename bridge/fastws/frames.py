@@ -1,6 +1,7 @@
 """RFC 6455 frame codec shared by the bridge's socket shortcuts and the benchmark's generator:
-the header of a final frame, masking, a whole masked text frame, and decoding a read that holds
-nothing but small final masked text frames. Everything else about WebSockets is the library's."""
+the header of a final frame, masking, whole final frames (any opcode, masked or not), a close
+payload, and decoding a read that holds nothing but small final masked text frames. Everything
+else about WebSockets is the library's (the generator's streaming reader is `bridge.bench.wire`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,25 @@ try:
 except ImportError:  # pragma: no cover - the wheels ship the C extension
     _c_apply_mask = None
 
-__all__ = ["OP_TEXT", "apply_mask", "final_frame_header", "simple_text_frames", "text_frame"]
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "ZERO_KEY",
+    "apply_mask",
+    "close_payload",
+    "final_frame_header",
+    "frame",
+    "simple_text_frames",
+    "text_frame",
+]
 
-OP_TEXT = 0x1
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+ZERO_KEY = b"\x00\x00\x00\x00"
+"""A masking key that leaves the payload as it is (see `frame`)."""
 
 
 def _py_apply_mask(data: bytes, key: bytes) -> bytes:
@@ -44,6 +61,23 @@ def final_frame_header(opcode: int, length: int, *, masked: bool) -> bytes:
 def text_frame(payload: bytes, mask: bytes) -> bytes:
     """One final, masked text frame (client to server) carrying `payload`."""
     return final_frame_header(OP_TEXT, len(payload), masked=True) + mask + apply_mask(payload, mask)
+
+
+def frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final frame carrying `payload`: unmasked (server to client) without `mask`, else
+    masked with that 4-byte key. RFC 6455 §5.3 wants an unpredictable key so that hostile scripts
+    cannot steer what proxies see; a peer that talks only to known servers on loopback (the
+    benchmark's generator) may pass `ZERO_KEY`, which skips the masking pass on this side while
+    the server still runs its full unmasking pass."""
+    if mask is None:
+        return final_frame_header(opcode, len(payload), masked=False) + payload
+    body = payload if mask == ZERO_KEY else apply_mask(payload, mask)
+    return final_frame_header(opcode, len(payload), masked=True) + mask + body
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """The payload of a close frame: the status code, then at most 120 bytes of reason."""
+    return struct.pack("!H", code) + reason.encode("utf-8")[:120]
 
 
 def simple_text_frames(data: bytes, max_size: int | None) -> list[str] | None:

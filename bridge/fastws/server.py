@@ -13,7 +13,7 @@ decoded here and queued straight away; anything else (a control frame, a fragmen
 frame, a frame too large, text that is not UTF-8) goes to the library, which handles it as it
 always does. Measured with `bridge bench --instructions`: 9 % of the bridge's instructions per
 call, spent on a generator-based parser for a frame shape that never varies. The check reads
-the sans-I/O protocol's parser state (`cur_size`, `expect_continuation_frame`, its reader's
+the sans-I/O protocol's parser state (`current_size`, `expect_continuation_frame`, its reader's
 buffer); pyproject pins websockets and uvicorn to the versions the tests run against.
 
 Sending works the same way round: `scope["extensions"][SEND_EXTENSION]` is a callable that
@@ -41,12 +41,11 @@ without delaying anything when it is not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from bridge.fastws import BACKLOG_EXTENSION, HANDLER_EXTENSION, SEND_EXTENSION, TextHandler
 from bridge.fastws.frames import OP_TEXT, final_frame_header, simple_text_frames
 
 __all__ = [
@@ -58,11 +57,6 @@ __all__ = [
     "TextHandler",
 ]
 
-BACKLOG_EXTENSION = "bridge.backlog"
-SEND_EXTENSION = "bridge.send_text_now"
-HANDLER_EXTENSION = "bridge.set_text_handler"
-
-TextHandler = Callable[[str], bool]
 
 READ_HIGH_WATER = 16  # messages queued for the app before the socket stops being read (320 ms)
 
@@ -77,13 +71,13 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         if (
             conn.state is State.OPEN
-            and conn.cur_size is None  # not inside a fragmented message
+            and conn.current_size is None  # not inside a fragmented message
             and not conn.expect_continuation_frame
             and not conn.reader.buffer  # the parser waits at a frame boundary
             and not self.frames
             and not self.close_sent
         ):
-            texts = simple_text_frames(data, conn.max_size)
+            texts = simple_text_frames(data, conn.max_message_size)
             if texts is not None:
                 queue, handler = self.queue, self.text_handler
                 # One message per read is a peer in real time. More is a burst, or a bridge
@@ -109,7 +103,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         """Let `handler` take text messages before they are queued (None: stop)."""
         self.text_handler = handler
 
-    def send_text_now(self, *texts: str) -> bool:
+    def send_text_now(self, texts: tuple[str, ...]) -> bool:
         """Write `texts` as final text frames in one write; False if the ASGI send must do it."""
         if (
             not self.handshake_complete

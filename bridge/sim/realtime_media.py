@@ -1,4 +1,5 @@
-"""Audio for the Realtime simulator: input decoding with an energy VAD, and reply audio encoding.
+"""Audio for the Realtime simulator: input decoding and reply audio encoding (its VAD is
+`bridge.sim.vad`).
 
 Sans-I/O and cheap per call: audioop (C) on the per-frame input path, and reply audio encoded
 once per (text, format, chunk size) into ready-to-send base64 chunks.
@@ -20,17 +21,13 @@ from bridge.sim import signals
 
 __all__ = [
     "EncodedAudio",
-    "EnergyVad",
     "InputDecoder",
-    "VadTransition",
     "bytes_per_ms",
     "cached_speech",
     "encode_audio",
     "reply_renderer",
     "speech_audio",
 ]
-
-WINDOW_MS = 20
 
 
 def bytes_per_ms(audio_format: dict[str, Any]) -> int:
@@ -84,65 +81,6 @@ class InputDecoder:
         out[2::3] = x
         self._last = float(x[-1])
         return np.rint(out).astype("<i2").tobytes()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VadTransition:
-    """Speech started (`started=True`) or stopped, at `ms` on the session's input timeline."""
-
-    started: bool
-    ms: int
-
-
-class EnergyVad:
-    """Energy VAD over 20 ms windows; timeline = ms of audio appended in the whole session.
-
-    `feed` returns onsets (window start) and ends (end of the last voiced window, reported once
-    `silence_duration_ms` of silence has followed it).
-    """
-
-    def __init__(self, threshold_dbfs: float) -> None:
-        self.threshold_dbfs = threshold_dbfs
-        self.in_speech = False
-        self.timeline_ms = 0  # end of the last whole window processed
-        self._voice_end_ms = 0
-        self._pending = b""
-        self._pending_rate = 0
-
-    def reset(self) -> None:
-        """Forget an ongoing utterance (buffer cleared or committed by hand)."""
-        self.in_speech = False
-
-    def feed(
-        self, pcm: bytes, rate: int, silence_duration_ms: int, *, detect: bool = True
-    ) -> list[VadTransition]:
-        """Advance the timeline by `pcm`; with `detect` false only time passes."""
-        if rate != self._pending_rate:
-            self._pending = b""  # format changed mid-session: drop the partial window
-            self._pending_rate = rate
-        data = self._pending + pcm if self._pending else pcm
-        window = rate * WINDOW_MS // 1000 * 2
-        whole = len(data) - len(data) % window
-        self._pending = data[whole:]
-        out: list[VadTransition] = []
-        # Threshold as an integer RMS so each window costs one C call and a compare.
-        threshold = 32768.0 * 10.0 ** (self.threshold_dbfs / 20.0)
-        for start in range(0, whole, window):
-            t = self.timeline_ms
-            self.timeline_ms += WINDOW_MS
-            if not detect:
-                self.in_speech = False
-                continue
-            voiced = audioop.rms(data[start : start + window], 2) >= threshold
-            if voiced:
-                self._voice_end_ms = t + WINDOW_MS
-                if not self.in_speech:
-                    self.in_speech = True
-                    out.append(VadTransition(True, t))
-            elif self.in_speech and self.timeline_ms - self._voice_end_ms >= silence_duration_ms:
-                self.in_speech = False
-                out.append(VadTransition(False, self._voice_end_ms))
-        return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

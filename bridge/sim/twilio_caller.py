@@ -19,7 +19,7 @@ import numpy.typing as npt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bridge.sim.playback import FRAME_BYTES, RATE, MarkEcho, PlaybackBuffer
+from bridge.sim.playback import FRAME_BYTES, RATE, SILENCE, MarkEcho, PlaybackBuffer
 from bridge.sim.signals import from_ulaw, to_ulaw, write_wav
 from bridge.sim.twilio_messages import InvalidMessage, StreamMessages, read_bridge_message
 from bridge.sim.twiml_client import fetch_twiml, loopback_url, parse_stream
@@ -27,8 +27,6 @@ from bridge.sim.twiml_client import fetch_twiml, loopback_url, parse_stream
 __all__ = ["TwilioCaller", "fetch_twiml", "loopback_url", "parse_stream"]
 
 FRAME_S = FRAME_BYTES / RATE
-SILENCE = b"\xff" * FRAME_BYTES
-"""One frame of µ-law silence (0xFF decodes to zero)."""
 MAX_BURST = 10
 """Overdue frames sent back to back after a stall (200 ms, as TCP would deliver after a
 hiccup); older ones are dropped, like audio lost on a congested path (Twilio 31930)."""

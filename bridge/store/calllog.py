@@ -21,6 +21,7 @@ from bridge.store.database import create_engine, is_sqlite, parse_url, prepare
 from bridge.store.live import LiveFeed
 from bridge.store.pricing import PriceTable
 from bridge.store.relay import PostgresRelay
+from bridge.store.tokens import StreamTokenLedger
 from bridge.store.writer import Writer
 
 
@@ -79,6 +80,8 @@ class CallLog:
             batch_delay=batch_delay,
         )
         self.recorder = StoreRecorder(self.writer, self.feed)
+        # Used Media Stream tokens, shared by every process on this database (single use).
+        self.stream_tokens = StreamTokenLedger(self.engine, self.instance)
         self.relay: PostgresRelay | None = None
         if not is_sqlite(self.engine):
             self.relay = PostgresRelay(self.url, self.feed, heartbeat=heartbeat)

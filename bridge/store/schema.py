@@ -93,6 +93,19 @@ events = sa.Table(
 )
 sa.Index("ix_events_call_sid", events.c.call_sid, events.c.ts)
 
+# Media Stream tokens already used (bridge.signatures): one row per token, shared by every
+# worker and replica, so a token opens one stream only. `token_key` is the SHA-256 of the token
+# (never the token); rows are deleted some time after `expires_at`.
+stream_tokens = sa.Table(
+    "stream_tokens",
+    metadata,
+    sa.Column("token_key", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("call_sid", sa.String(64), nullable=False, server_default=""),
+    sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
+)
+sa.Index("ix_stream_tokens_expires_at", stream_tokens.c.expires_at)
+
 # Event kinds that count as something going wrong on the call.
 ERROR_KINDS = frozenset(
     {

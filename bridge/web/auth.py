@@ -2,7 +2,8 @@
 
 The cookie never holds the token: it is an expiry signed with HMAC-SHA256 keyed by the token,
 so changing BRIDGE_ADMIN_TOKEN logs every browser out. Without a token configured, the
-dashboard and API answer only direct loopback requests (nothing relayed by a proxy).
+dashboard and API answer only direct loopback requests (nothing relayed by a proxy, and a
+loopback name in `Host`).
 """
 
 from __future__ import annotations
@@ -92,8 +93,16 @@ class Guard:
 
 
 def is_local(connection: HTTPConnection) -> bool:
-    """A request straight from this machine: loopback peer and no proxy in between."""
+    """A request straight from this machine: loopback peer, no proxy headers, and a loopback
+    name in `Host`.
+
+    A same-host reverse proxy that adds no X-Forwarded-* headers still passes on the public
+    name it was reached by, and a DNS-rebound browser page sends its attacker's name: either
+    way `Host` is not a loopback name, so the request is not local.
+    """
     if any(name in connection.headers for name in PROXY_HEADERS):
+        return False
+    if not is_loopback_host(connection.headers.get("host", "")):
         return False
     host = connection.client.host if connection.client else ""
     try:
@@ -103,6 +112,27 @@ def is_local(connection: HTTPConnection) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def is_loopback_host(host: str) -> bool:
+    """`Host` names this machine: localhost, 127.x.y.z or [::1], with or without a port."""
+    name, port = host.strip().lower(), None
+    if name.startswith("["):
+        name, _, rest = name[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:] if rest else None
+    elif name.count(":") == 1:
+        name, port = name.split(":")
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return False
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback  # a literal address: no DNS, so nothing to rebind
 
 
 def safe_next(target: str | None) -> str:

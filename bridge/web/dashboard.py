@@ -78,6 +78,20 @@ def templates() -> Jinja2Templates:
     return environment
 
 
+async def capped_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past `limit` bytes (read no further).
+
+    Counted as it arrives, whatever Content-Length or chunked framing claims, so a client cannot
+    make the server buffer an unbounded body before it is authenticated.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 class Dashboard:
     def __init__(self, call_log: CallLog, guard: Guard) -> None:
         self.call_log = call_log
@@ -166,10 +180,10 @@ class Dashboard:
         return self._render(request, "login.html", context)
 
     async def login(self, request: Request) -> Response:
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        body = await capped_body(request, MAX_FORM_BYTES)
+        if body is None:
             return HTMLResponse("form too large", status_code=413)
-        body = (await request.body())[:MAX_FORM_BYTES].decode("utf-8", errors="replace")
-        form = dict(parse_qsl(body, keep_blank_values=True))
+        form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         target = safe_next(form.get("next"))
         if not self.guard.token_matches(form.get("token", "")):
             await asyncio.sleep(FAILED_LOGIN_DELAY)

@@ -1,0 +1,88 @@
+"""The model's responses as a call sees them: at most one runs, ours wait their turn.
+
+Sans-I/O. The Realtime service refuses a `response.create` while a response runs
+(`conversation_already_has_active_response`), so the bridge queues its own requests behind the
+running one, and puts back a request that collided with a response the service started on its
+own (server VAD). Responses a barge-in cancelled are remembered, so their late deltas are dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+RECENT_CREATES = 16  # requests remembered for matching an error to the create that caused it
+
+
+class Responses:
+    """Which response runs, which of ours wait, and which were dropped."""
+
+    __slots__ = ("_own_pending", "_queued", "_recent", "active", "dropped", "response_id")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.response_id: str | None = None
+        self.dropped: set[str] = set()
+        self._queued: collections.deque[dict[str, Any]] = collections.deque()
+        self._recent: dict[str, dict[str, Any]] = {}
+        self._own_pending = 0  # creates sent whose `response.created` has not arrived yet
+
+    @property
+    def idle(self) -> bool:
+        """Nothing runs, nothing of ours is on its way or waiting."""
+        return not self.active and not self._queued and self._own_pending == 0
+
+    def request(self, create: dict[str, Any]) -> dict[str, Any] | None:
+        """A `response.create` we want sent: returned if it may go now, else queued."""
+        self._recent[create["event_id"]] = create
+        if len(self._recent) > RECENT_CREATES:
+            self._recent.pop(next(iter(self._recent)))
+        if self.active or self._own_pending:
+            self._queued.append(create)
+            return None
+        self._own_pending += 1
+        return create
+
+    def created(self, response_id: str) -> bool:
+        """`response.created`: True if it answers one of our requests (else the service's own)."""
+        self.active = True
+        self.response_id = response_id
+        if self._own_pending:
+            self._own_pending -= 1
+            return True
+        return False
+
+    def done(self, response_id: str) -> dict[str, Any] | None:
+        """`response.done`: the next queued request to send now, if any."""
+        self.active = False
+        self.response_id = None
+        self.dropped.discard(response_id)
+        return self._next()
+
+    def refused(self, event_id: str | None, *, conflict: bool) -> dict[str, Any] | None:
+        """An error answered one of our requests. A conflict is queued again behind the running
+        response; the next queued request is returned if it may go now."""
+        create = self._recent.pop(event_id or "", None)
+        if create is None:
+            return None
+        self._own_pending = max(0, self._own_pending - 1)
+        if conflict:
+            self._queued.appendleft(create)
+        return None if self.active else self._next()
+
+    def is_ours(self, event_id: str | None) -> bool:
+        return (event_id or "") in self._recent
+
+    def drop_running(self) -> bool:
+        """A barge-in stops the running response: its late deltas are dropped from now on.
+        True if there is a response to cancel."""
+        if not self.active or self.response_id is None:
+            return False
+        self.dropped.add(self.response_id)
+        return True
+
+    def _next(self) -> dict[str, Any] | None:
+        if self.active or self._own_pending or not self._queued:
+            return None
+        self._own_pending += 1
+        return self._queued.popleft()

@@ -1,0 +1,491 @@
+"""One call's decisions, Sans-I/O: what happened goes in with the time, what to do comes out.
+
+`CallSession` has no sockets, tasks or clocks. Its shell (`bridge.call.shell`) feeds it caller
+messages, model events, timers, a shutdown request and synthesised speech, each with the loop
+time, and carries out the effects it returns (`bridge.call.effects`) in order. It owns:
+
+- barge-in: `_barge_in` executes the plan `Playback.interrupt` (bargein.py) makes from what the
+  caller has actually heard: clear, truncate each unheard item, cancel, drop late deltas;
+- the response queue and conflict requeue (responses.py);
+- the spoken-reply guarantee: re-ask, then speak the text ourselves (speech_guarantee.py);
+- the goodbye on shutdown, turns, counters and the call's end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import logging
+from typing import Any
+
+from bridge import audio, metrics, realtime, twilio
+from bridge.call.bargein import Playback
+from bridge.call.effects import (
+    Effect,
+    EndCall,
+    Kind,
+    Noted,
+    Synthesize,
+    ToCaller,
+    ToModel,
+    TurnChanged,
+    Wake,
+)
+from bridge.call.responses import Responses
+from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
+from bridge.profiles import Profile
+from bridge.record import CallEvent, CallRecord, EndReason, Turn
+from bridge.settings import AudioMode
+
+logger = logging.getLogger(__name__)
+
+MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
+LOGGED_PROTOCOL_ERRORS = 5  # the first few are logged and kept; the rest only counted
+TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # fallback speech goes out a second at a time, each marked
+GOODBYE_TIMEOUT = 15.0  # a shutdown goodbye is short; never hold the drain longer than this
+
+
+class Closing(enum.Enum):
+    """Where a shutdown stands: not asked, saying goodbye, letting the goodbye play out."""
+
+    NO = "no"
+    GOODBYE = "goodbye"
+    PLAYING_OUT = "playing_out"
+
+
+class CallSession:
+    """Every decision of one call, from `start` to its end. Not thread-safe; no I/O."""
+
+    def __init__(
+        self, start: twilio.Start, profile: Profile, record: CallRecord, *, now: float
+    ) -> None:
+        self.profile = profile
+        self.record = record
+        self._t0 = now
+        self._passthrough = profile.audio_mode is AudioMode.PCMU
+        self._stream = twilio.StreamWriter(start.stream_sid)
+        self._to_model = audio.CallerToModel()
+        self._to_caller = audio.ModelToCaller()
+        self._framer = audio.Framer()
+        self._playback = Playback(lead_ms=0.0 if self._passthrough else self._to_caller.delay_ms)
+        self._model_bytes_per_ms = 8 if self._passthrough else 48
+        self._responses = Responses()
+        self._current_item: str | None = None
+        self._audio_seen: set[str] = set()  # responses whose audio deltas reached us
+        self._dropped_items: set[str] = set()  # items a barge-in cut: late deltas are dropped
+        self._guarantee = SpeechGuarantee()
+        self._speaking: set[int] = set()  # speech requests not yet answered
+        self._turns: dict[str, Turn] = {}
+        self._caller_stopped_at: float | None = None  # for the next reply's latency
+        self._deadline = now + profile.max_call_seconds
+        self._closing = Closing.NO
+        self._goodbye_until = 0.0
+        self._played_out_at = 0.0
+        self._ended = False
+        self._event_ids = itertools.count(1)
+        self._speech_ids = itertools.count(1)
+        _fill_record(record, start, profile)
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def closing(self) -> bool:
+        """A shutdown asked this call to end (it may still be saying goodbye)."""
+        return self._closing is not Closing.NO
+
+    def open(self, now: float) -> list[Effect]:
+        """The model's socket is open: configure the session, greet, arm the call's deadline."""
+        out: list[Effect] = [ToModel(realtime.session_update(self.profile)), Wake(self._deadline)]
+        if self.profile.greeting:
+            self._request_response(out, self.profile.greeting)
+        return out
+
+    def caller_audio(self, payload: bytes, frames: int) -> str:
+        """Hot path: `frames` caller frames of mu-law -> the `input_audio_buffer.append` text.
+
+        Counted only once converted, so a frame that fails here and is retried counts once.
+        """
+        if self._passthrough:
+            event = realtime.input_audio_append(payload)
+        else:
+            pcm = metrics.TRANSCODE_CALLER_TO_MODEL.call(self._to_model.convert, payload)
+            event = realtime.input_audio_append(pcm)
+        self.record.frames_in += frames
+        return event
+
+    def caller_message(self, message: twilio.TwilioMessage, now: float) -> list[Effect]:
+        """Anything but media from Twilio: mark echoes, DTMF, the stream's stop."""
+        if self._ended:
+            return []
+        out: list[Effect] = []
+        if isinstance(message, twilio.Mark):
+            item_id = self._playback.echoed(message.name, now)
+            turn = self._turns.get(item_id) if item_id is not None else None
+            if turn is not None and not turn.interrupted:
+                turn.ended_at = self._at(now)  # played up to here
+                out.append(TurnChanged(turn))
+        elif isinstance(message, twilio.Stop):
+            self._end(out, EndReason.CALLER_HANGUP)
+        elif isinstance(message, twilio.Dtmf):
+            self._note(out, now, "dtmf", digit=message.digit)
+        elif isinstance(message, twilio.Start):
+            self.protocol_error("second start on one stream", now, out)
+        return out
+
+    def protocol_error(
+        self, detail: str, now: float, out: list[Effect] | None = None
+    ) -> list[Effect]:
+        """A Twilio message we could not use: counted, the first few kept; too many end the call."""
+        out = [] if out is None else out
+        if self._ended:
+            return out
+        record = self.record
+        record.protocol_errors += 1
+        metrics.protocol_error("twilio")
+        if record.protocol_errors <= LOGGED_PROTOCOL_ERRORS:
+            logger.warning("bad Twilio message: %s", detail)
+            self._note(out, now, "protocol_error", detail=detail)
+        if record.protocol_errors > MAX_PROTOCOL_ERRORS:
+            self._end(out, EndReason.PROTOCOL_ERROR, f"{MAX_PROTOCOL_ERRORS}+ bad messages")
+        return out
+
+    def model_protocol_error(self, detail: str, now: float) -> list[Effect]:
+        """A model event we could not parse: kept, and the call carries on."""
+        metrics.protocol_error("realtime")
+        logger.warning("bad Realtime event: %s", detail)
+        out: list[Effect] = []
+        self._note(out, now, "upstream_protocol_error", detail=detail)
+        return out
+
+    def model_event(self, event: realtime.ServerEvent, now: float) -> list[Effect]:
+        if self._ended:
+            return []
+        out: list[Effect] = []
+        if isinstance(event, realtime.AudioDelta):
+            self._on_audio(out, event, now)
+        elif isinstance(event, realtime.TranscriptDelta):
+            turn = self._turns.get(event.item_id)
+            if turn is not None and event.item_id not in self._dropped_items:
+                turn.text += event.delta
+                out.append(TurnChanged(turn))
+        elif isinstance(event, realtime.SpeechStarted):
+            if self._closing is Closing.NO:  # a goodbye is not interrupted
+                self._barge_in(out, now, by_caller=True)
+            self._caller_stopped_at = None
+            self._add_turn(out, Turn("caller", event.item_id, self._at(now)))
+        elif isinstance(event, realtime.SpeechStopped):
+            self._caller_stopped_at = now
+            turn = self._turns.get(event.item_id)
+            if turn is not None:
+                turn.ended_at = self._at(now)
+                out.append(TurnChanged(turn))
+        elif isinstance(event, realtime.InputTranscript):
+            turn = self._turns.get(event.item_id)
+            if turn is not None:
+                turn.text = event.transcript
+                out.append(TurnChanged(turn))
+        elif isinstance(event, realtime.ResponseCreated):
+            ours = self._responses.created(event.response_id)
+            if not ours and self._closing is not Closing.NO:
+                # The caller spoke during the goodbye and server VAD started a reply: not now.
+                self._responses.drop_running()
+                out.append(ToModel(realtime.response_cancel(event_id=self._next_id())))
+        elif isinstance(event, realtime.ResponseDone):
+            self._on_response_done(out, event, now)
+        elif isinstance(event, realtime.ServerError):
+            self._on_error(out, event, now)
+        self._maybe_goodbye_heard(out, now)
+        return out
+
+    def timer(self, now: float) -> list[Effect]:
+        """A `Wake` came due: the call's deadline, the goodbye's, or the goodbye played out."""
+        if self._ended:
+            return []
+        out: list[Effect] = []
+        if now >= self._deadline:
+            self._end(
+                out, EndReason.MAX_DURATION, f"call exceeded {self.profile.max_call_seconds:.0f}s"
+            )
+        elif self._closing is Closing.PLAYING_OUT and now >= self._played_out_at:
+            self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+        elif self._closing is not Closing.NO and now >= self._goodbye_until:
+            logger.warning("goodbye did not finish in %.0fs", GOODBYE_TIMEOUT)
+            self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+        return out
+
+    def shutdown(self, goodbye: str, now: float) -> list[Effect]:
+        """End the call for a server shutdown, after saying `goodbye` if there is one.
+
+        Whatever plays is stopped (not counted as a barge-in); the goodbye is asked for behind a
+        running response, and the call ends once it has been heard, or at `GOODBYE_TIMEOUT`.
+        """
+        out: list[Effect] = []
+        if self._ended or self._closing is not Closing.NO:
+            return out
+        if not goodbye:
+            self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+            return out
+        self._closing = Closing.GOODBYE
+        self._goodbye_until = now + GOODBYE_TIMEOUT
+        out.append(Wake(self._goodbye_until))
+        self._barge_in(out, now, by_caller=False)
+        self._request_response(out, goodbye)
+        return out
+
+    def speech_ready(self, request: int, pcm: bytes, text: str, now: float) -> list[Effect]:
+        """Fallback speech came back (24 kHz PCM16): play it as if it were an assistant item."""
+        if self._ended:
+            return []
+        self._speaking.discard(request)
+        self._guarantee.tts_played()
+        out: list[Effect] = []
+        item_id = f"tts_{request}"
+        model_ms = len(pcm) / 48
+        turn = Turn("assistant", item_id, self._at(now), text=text, source="tts")
+        turn.audio_ms = model_ms
+        self._add_turn(out, turn)
+        converter, framer = audio.ModelToCaller(), audio.Framer()
+        frames = framer.push(converter.convert(pcm) + converter.flush())
+        last = framer.flush()
+        if last:
+            frames.append(last)
+        data = b"".join(frames)
+        self._playback.received(item_id, model_ms)
+        for offset in range(0, len(data), TTS_CHUNK_BYTES):
+            self._play(out, item_id, data[offset : offset + TTS_CHUNK_BYTES], now)
+        self._maybe_goodbye_heard(out, now)
+        return out
+
+    def speech_failed(self, request: int, detail: str, now: float) -> list[Effect]:
+        if self._ended:
+            return []
+        self._speaking.discard(request)
+        self._guarantee.tts_failed()
+        logger.error("speech fallback failed: %s", detail)
+        out: list[Effect] = []
+        self._note(out, now, "tts_failed", detail=detail)
+        self._maybe_goodbye_heard(out, now)
+        return out
+
+    def finish(self, now: float) -> None:
+        """The call is over: close the turns still open."""
+        self._ended = True
+        for turn in self._turns.values():
+            if turn.ended_at is None:
+                turn.ended_at = self._at(now)
+
+    # ---- model -> caller -----------------------------------------------------------------------
+
+    def _on_audio(self, out: list[Effect], delta: realtime.AudioDelta, now: float) -> None:
+        if delta.item_id in self._dropped_items or delta.response_id in self._responses.dropped:
+            return  # late audio of an interrupted reply: the caller must never hear it
+        if delta.item_id != self._current_item:
+            self._end_item(out, now)
+            self._current_item = delta.item_id
+            if delta.item_id not in self._turns:
+                turn = Turn("assistant", delta.item_id, self._at(now))
+                turn.source = "reask" if self._guarantee.awaiting_reask else "model"
+                self._add_turn(out, turn)
+        if delta.response_id:
+            self._audio_seen.add(delta.response_id)
+        model_ms = len(delta.audio) / self._model_bytes_per_ms
+        self._playback.received(delta.item_id, model_ms)
+        self._turns[delta.item_id].audio_ms += model_ms
+        if self._passthrough:
+            ulaw = delta.audio
+        else:
+            ulaw = metrics.TRANSCODE_MODEL_TO_CALLER.call(self._to_caller.convert, delta.audio)
+        frames = self._framer.push(ulaw)
+        if frames:
+            self._play(out, delta.item_id, b"".join(frames), now)
+
+    def _play(self, out: list[Effect], item_id: str, ulaw: bytes, now: float) -> None:
+        """Whole 20 ms frames, then one mark that tells us when Twilio has played them."""
+        if self._caller_stopped_at is not None:
+            # First audio of the reply: Twilio's buffer is idle, so it plays as it arrives.
+            turn = self._turns.get(item_id)
+            if turn is not None and turn.latency_ms is None:
+                turn.latency_ms = round((now - self._caller_stopped_at) * 1000, 1)
+            self._caller_stopped_at = None
+        mark = self._playback.sent(item_id, len(ulaw), now)
+        self.record.frames_out += len(ulaw) // audio.FRAME_BYTES
+        out.append(ToCaller((self._stream.media(ulaw), self._stream.mark(mark))))
+
+    def _end_item(self, out: list[Effect], now: float) -> None:
+        """The current item's audio is complete: push out the filter tail and the last frame."""
+        item = self._current_item
+        if item is None:
+            return
+        self._current_item = None
+        tail = b"" if self._passthrough else self._to_caller.flush()
+        frames = self._framer.push(tail)
+        last = self._framer.flush()
+        if last:
+            frames.append(last)
+        if frames:
+            self._play(out, item, b"".join(frames), now)
+
+    # ---- barge-in ------------------------------------------------------------------------------
+
+    def _barge_in(self, out: list[Effect], now: float, *, by_caller: bool) -> None:
+        """Stop the assistant where the caller stopped hearing it: `clear` first (every
+        millisecond before it is heard), then truncate each unheard item at what was heard,
+        cancel a running response, and drop its late deltas. `by_caller=False` silences the
+        assistant for a goodbye (not counted as a barge-in)."""
+        plan = self._playback.interrupt(
+            now, response_active=self._responses.active, current_item=self._current_item
+        )
+        if plan.clear:
+            out.append(ToCaller((self._stream.clear(),), Kind.CLEAR))
+        self._to_caller.reset()
+        self._framer.reset()
+        self._current_item = None
+        for cut in plan.truncations:
+            self._dropped_items.add(cut.item_id)
+            turn = self._turns.get(cut.item_id)
+            if turn is not None:
+                turn.interrupted = True
+                turn.heard_ms = cut.audio_end_ms
+                turn.ended_at = self._at(now)
+                out.append(TurnChanged(turn))
+            if cut.item_id.startswith("tts_"):
+                continue  # our own fallback speech: the model has no audio item to cut
+            truncate = realtime.item_truncate(
+                cut.item_id, cut.audio_end_ms, event_id=self._next_id()
+            )
+            out.append(ToModel(truncate))
+        cancelled = plan.cancel and self._responses.drop_running()
+        if cancelled:
+            out.append(ToModel(realtime.response_cancel(event_id=self._next_id())))
+        if by_caller and (plan.clear or plan.cancel):
+            self.record.barge_ins += 1
+            self._note(
+                out,
+                now,
+                "barge_in",
+                cleared=plan.clear,
+                cancelled=plan.cancel,
+                truncations=[dataclasses.asdict(cut) for cut in plan.truncations],
+            )
+
+    # ---- responses and the spoken-reply guarantee ----------------------------------------------
+
+    def _request_response(self, out: list[Effect], say: str | None = None) -> None:
+        """`response.create` (saying `say` exactly, if given), queued behind a running one."""
+        instructions = realtime.say_exactly(self.profile.instructions, say) if say else None
+        create = realtime.response_create(instructions, event_id=self._next_id())
+        ready = self._responses.request(create)
+        if ready is not None:
+            out.append(ToModel(ready))
+
+    def _on_response_done(self, out: list[Effect], done: realtime.ResponseDone, now: float) -> None:
+        dropped = done.response_id in self._responses.dropped
+        following = self._responses.done(done.response_id)
+        if not dropped:
+            self._end_item(out, now)
+        self.record.add_usage(done.usage)
+        audio_seen = done.response_id in self._audio_seen
+        self._audio_seen.discard(done.response_id)
+        if done.status == "failed":
+            self._note(
+                out, now, "response_failed", response_id=done.response_id, reason=done.reason
+            )
+        action = self._guarantee.response_done(done, audio_seen=audio_seen)
+        if action is not None:
+            self._recover(out, now, action.recovery, action.text, action.delete_items)
+        if following is not None:
+            out.append(ToModel(following))
+
+    def _recover(
+        self,
+        out: list[Effect],
+        now: float,
+        recovery: Recovery,
+        text: str,
+        delete_items: tuple[str, ...],
+    ) -> None:
+        """A reply came back without audio; make sure the caller hears it anyway."""
+        self.record.text_only_recoveries += 1
+        metrics.text_only_recovery(recovery)
+        logger.warning("reply came back without audio; recovering by %s", recovery)
+        self._note(out, now, "text_only_recovery", recovery=str(recovery), text=text[:200])
+        if recovery is Recovery.GIVE_UP:
+            self._end(out, EndReason.NO_AUDIO, "replies keep arriving without audio")
+        elif recovery is Recovery.REASK:
+            for item_id in delete_items:
+                out.append(ToModel(realtime.item_delete(item_id, event_id=self._next_id())))
+            self._guarantee.reask_sent()
+            self._request_response(out, text)
+        else:
+            request = next(self._speech_ids)
+            self._speaking.add(request)
+            out.append(Synthesize(request, text, self.profile.voice))
+
+    def _on_error(self, out: list[Effect], error: realtime.ServerError, now: float) -> None:
+        if error.code == "response_cancel_not_active":
+            logger.debug("cancel raced the end of the response")  # harmless
+            return
+        conflict = error.code == "conversation_already_has_active_response"
+        if self._responses.is_ours(error.event_id):
+            following = self._responses.refused(error.event_id, conflict=conflict)
+            if following is not None:
+                out.append(ToModel(following))
+            if conflict:
+                return  # sent again after the running response
+        metrics.realtime_error("server_error")
+        logger.warning("Realtime error %s: %s", error.code, error.message)
+        self._note(out, now, "upstream_error", code=error.code, message=error.message[:300])
+        if error.fatal:
+            self._end(out, EndReason.UPSTREAM_ERROR, f"{error.code}: {error.message}")
+
+    # ---- goodbye -------------------------------------------------------------------------------
+
+    def _maybe_goodbye_heard(self, out: list[Effect], now: float) -> None:
+        """Once the goodbye (and any recovery of it) has been sent, let Twilio play it out."""
+        if self._closing is not Closing.GOODBYE or self._ended:
+            return
+        if not self._responses.idle or self._speaking or self._guarantee.awaiting_reask:
+            return
+        self._closing = Closing.PLAYING_OUT
+        self._played_out_at = now + self._playback.remaining_seconds(now)
+        out.append(Wake(self._played_out_at))
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def _end(self, out: list[Effect], reason: EndReason, detail: str = "") -> None:
+        if not self._ended:
+            self._ended = True
+            out.append(EndCall(reason, detail))
+
+    def _add_turn(self, out: list[Effect], turn: Turn) -> None:
+        self._turns[turn.item_id] = turn
+        self.record.turns.append(turn)
+        out.append(TurnChanged(turn))
+
+    def _note(self, out: list[Effect], now: float, kind: str, **detail: Any) -> None:
+        event = CallEvent(at=self._at(now), kind=kind, detail=detail)
+        self.record.events.append(event)
+        out.append(Noted(event))
+
+    def _next_id(self) -> str:
+        return f"bridge_{next(self._event_ids)}"
+
+    def _at(self, now: float) -> float:
+        """Seconds since the call started."""
+        return round(now - self._t0, 3)
+
+
+def _fill_record(record: CallRecord, start: twilio.Start, profile: Profile) -> None:
+    params = start.custom_parameters
+    record.call_sid = start.call_sid
+    record.stream_sid = start.stream_sid
+    record.from_number = params.get("From", "")
+    record.to_number = params.get("To", "")
+    record.profile, record.model, record.voice = profile.name, profile.model, profile.voice
+    record.direction = params.get("Direction", "inbound") or "inbound"
+    record.keep_transcripts = profile.keep_transcripts

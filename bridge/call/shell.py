@@ -1,0 +1,348 @@
+"""One live call's I/O: the Twilio Media Stream and its Realtime session, piped both ways.
+
+The shell owns the sockets and the tasks and decides nothing: every message goes into the
+call's `CallSession` (session.py) with the time, and the effects that come back are carried
+out in order. One TaskGroup per call holds the two pumps (`caller_to_model`,
+`model_to_caller`), one writer task per socket (writers.py), the timers and any speech
+synthesis. A task ends the call by raising `CallEnded(reason)`; the group cancels the rest, and
+`run()` closes both sockets and finalises the record in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from starlette.websockets import WebSocket
+
+from bridge import metrics, realtime, twilio
+from bridge.call.effects import (
+    CallEnded,
+    Effect,
+    EndCall,
+    Noted,
+    Synthesize,
+    ToCaller,
+    ToModel,
+    TurnChanged,
+    Wake,
+)
+from bridge.call.session import CallSession
+from bridge.call.sockets import BadMessage, CallerSocket, ModelSocket
+from bridge.call.timers import Timers
+from bridge.call.writers import BACKLOG_LIMIT
+from bridge.errors import ProtocolViolation, UpstreamRejected, UpstreamUnavailable
+from bridge.logs import call_sid_var, mask_number
+from bridge.profiles import Profile
+from bridge.record import CallRecord, EndReason, Recorder
+from bridge.settings import Settings
+from bridge.tts import SpeechClient
+from bridge.upstream import open_session
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
+FINALISE_TIMEOUT = 2.0
+MAX_FRAMES_PER_APPEND = 10  # when behind, up to 200 ms of caller audio in one append
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallServices:
+    """What the application lends each call."""
+
+    settings: Settings
+    profile_for: Callable[[twilio.Start], Profile]
+    recorder: Recorder
+    speech: SpeechClient
+
+
+class Call:
+    """Bridges one Media Stream socket (already accepted) to one Realtime session."""
+
+    def __init__(self, websocket: WebSocket, services: CallServices) -> None:
+        self._services = services
+        self._loop = asyncio.get_running_loop()
+        self.record = CallRecord(call_sid="", stream_sid="")
+        self._session: CallSession | None = None
+        self._caller = CallerSocket(websocket)
+        self._model: ModelSocket | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._ended: CallEnded | None = None  # the session's decision, once made
+        self._ending = asyncio.Event()
+        self._timers = Timers(self._loop)
+        self._goodbye: str | None = None  # a shutdown asked for before the session existed
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        """Serve the call to its end; never raises except CancelledError."""
+        with metrics.live_call():
+            return await self._run()
+
+    async def _run(self) -> CallRecord:
+        reason, detail = EndReason.INTERNAL_ERROR, ""
+        try:
+            start = await self._await_start()
+            session = self._begin(start)
+            async with open_session(self._services.settings, session.profile.model) as upstream:
+                model = self._model = ModelSocket(upstream)
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    tg.create_task(self._caller.writer.run(), name="to_caller")
+                    tg.create_task(model.writer.run(), name="to_model")
+                    tg.create_task(self._watch_end(), name="end")
+                    timer = session.timer
+                    tg.create_task(self._timers.run(lambda now: self._apply(timer(now))))
+                    self._apply(session.open(self._loop.time()))
+                    if self._goodbye is not None:
+                        self._apply(session.shutdown(self._goodbye, self._loop.time()))
+                    tg.create_task(self._caller_to_model(), name="caller_to_model")
+                    tg.create_task(self._model_to_caller(model), name="model_to_caller")
+        except* CallEnded as group:
+            # The session's own end comes first: a pump may see its effect (a closed socket).
+            ended = self._ended or group.exceptions[0]
+            assert isinstance(ended, CallEnded)
+            reason, detail = ended.reason, ended.detail
+        except* UpstreamRejected as group:
+            metrics.realtime_error("rejected")
+            reason, detail = EndReason.UPSTREAM_REJECTED, str(group.exceptions[0])
+        except* UpstreamUnavailable as group:
+            metrics.realtime_error("unavailable")
+            reason, detail = EndReason.UPSTREAM_UNAVAILABLE, str(group.exceptions[0])
+        except* Exception as group:
+            # The one log-and-contain boundary of a call: a bug here must not take others down.
+            logger.error("call failed", exc_info=group.exceptions[0])
+            reason, detail = EndReason.INTERNAL_ERROR, repr(group.exceptions[0])
+        finally:
+            await self._finish(reason, detail)
+        return self.record
+
+    async def _await_start(self) -> twilio.Start:
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while True:
+                    message = await self._caller.receive()
+                    if isinstance(message, twilio.Start):
+                        return message
+                    if not isinstance(message, twilio.Connected):
+                        # Counted only: there is no session yet to keep it.
+                        self.record.protocol_errors += 1
+                        metrics.protocol_error("twilio")
+                        what = getattr(message, "detail", f"{type(message).__name__} before start")
+                        logger.warning("bad Twilio message: %s", what)
+        except TimeoutError:
+            raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
+
+    def _begin(self, start: twilio.Start) -> CallSession:
+        try:
+            profile = self._services.profile_for(start)
+        except ProtocolViolation as exc:
+            # An unsigned or forged stream: refuse before any Realtime session is opened.
+            raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
+        session = CallSession(start, profile, self.record, now=self._loop.time())
+        self._session = session
+        call_sid_var.set(start.call_sid)
+        self._services.recorder.call_started(self.record)
+        logger.info(
+            "call started from %s to %s profile=%s audio=%s",
+            mask_number(self.record.from_number),
+            mask_number(self.record.to_number),
+            profile.name,
+            profile.audio_mode,
+        )
+        return session
+
+    async def _finish(self, reason: EndReason, detail: str) -> None:
+        record = self.record
+        record.ended_at = time.time()
+        record.end_reason = reason
+        record.end_detail = detail
+        session = self._session
+        if session is not None:
+            session.finish(self._loop.time())
+        try:
+            async with asyncio.timeout(FINALISE_TIMEOUT):
+                if reason is EndReason.SERVER_SHUTDOWN or reason is EndReason.MAX_DURATION:
+                    await self._caller.writer.flush()  # the goodbye's last words
+                await self._caller.close(reason)
+        except TimeoutError:
+            logger.warning("closing the Twilio socket timed out")
+        metrics.call_ended(reason, record.duration)
+        if session is not None:
+            self._services.recorder.call_ended(record)
+        logger.info(
+            "call ended reason=%s duration=%.1fs frames_in=%d frames_out=%d barge_ins=%d "
+            "text_only_recoveries=%d protocol_errors=%d%s",
+            reason,
+            record.duration,
+            record.frames_in,
+            record.frames_out,
+            record.barge_ins,
+            record.text_only_recoveries,
+            record.protocol_errors,
+            f" detail={detail!r}" if detail else "",
+        )
+
+    @property
+    def profile(self) -> Profile | None:
+        """The profile the call started with (None until Twilio's `start` arrived)."""
+        return self._session.profile if self._session is not None else None
+
+    def shutdown(self, goodbye: str = "") -> None:
+        """End the call for a server shutdown, after saying `goodbye` if there is one."""
+        session = self._session
+        if session is None or self._tg is None:
+            self._goodbye = goodbye  # carried out as soon as the call is bridged
+            return
+        self._apply(session.shutdown(goodbye, self._loop.time()))
+
+    # ---- effects -------------------------------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        """Carry out the session's effects, in order. Never raises: an end is handed to the
+        call's `end` task, so this is safe from any task (and from the drain)."""
+        for effect in effects:
+            if isinstance(effect, ToCaller):
+                self._caller.writer.write(effect.texts, effect.kind)
+            elif isinstance(effect, ToModel):
+                assert self._model is not None
+                event = effect.event
+                self._model.writer.write((event if isinstance(event, str) else json.dumps(event),))
+            elif isinstance(effect, TurnChanged):
+                self._services.recorder.turn_updated(self.record, effect.turn)
+            elif isinstance(effect, Noted):
+                self._services.recorder.call_event(self.record, effect.event)
+            elif isinstance(effect, Wake):
+                self._timers.wake_at(effect.at)
+            elif isinstance(effect, Synthesize):
+                assert self._tg is not None
+                self._tg.create_task(self._synthesize(effect), name="tts_fallback")
+            elif isinstance(effect, EndCall):
+                self._end(CallEnded(effect.reason, effect.detail))
+
+    def _end(self, ended: CallEnded) -> None:
+        if self._ended is None:
+            self._ended = ended
+            self._ending.set()
+
+    async def _watch_end(self) -> None:
+        await self._ending.wait()
+        assert self._ended is not None
+        raise self._ended
+
+    async def _synthesize(self, request: Synthesize) -> None:
+        session = self._session
+        assert session is not None
+        try:
+            pcm = await self._services.speech.synthesize(request.text, request.voice)
+        except UpstreamUnavailable as exc:
+            self._apply(session.speech_failed(request.request, str(exc), self._loop.time()))
+            return
+        self._apply(session.speech_ready(request.request, pcm, request.text, self._loop.time()))
+
+    # ---- caller -> model -----------------------------------------------------------------------
+
+    async def _caller_to_model(self) -> None:
+        """Caller frames the protocol did not hand to `_media_now`, in order, and everything else
+        the caller sends."""
+        session, model = self._session, self._model
+        assert session is not None
+        assert model is not None
+        backlog = self._caller.shortcuts.backlog
+        set_handler = self._caller.shortcuts.set_text_handler
+        if set_handler is not None:
+            set_handler(self._media_now)
+        try:
+            while True:
+                message = await self._caller.receive()
+                if not isinstance(message, twilio.Media):
+                    self._from_caller(message)
+                    continue
+                payload, frames, following = message.payload, 1, None
+                if backlog is not None and backlog():
+                    # Behind: frames have piled up. Send them in one append, not one each.
+                    payload, frames, following = await self._gather_backlog(payload, backlog)
+                timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
+                started = time.perf_counter() if timed else 0.0
+                model.writer.write((session.caller_audio(payload, frames),))
+                if timed:  # frame parsed -> appended upstream (1 frame in SAMPLE_EVERY)
+                    metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
+                if following is not None:
+                    self._from_caller(following)
+                if model.writer.backlog > BACKLOG_LIMIT:
+                    await model.writer.drained()  # the model reads slowly: stop reading Twilio
+        finally:
+            if set_handler is not None:
+                set_handler(None)
+
+    def _from_caller(self, message: twilio.TwilioMessage | BadMessage) -> None:
+        session = self._session
+        assert session is not None
+        now = self._loop.time()
+        if isinstance(message, BadMessage):
+            self._apply(session.protocol_error(message.detail, now))
+        else:
+            self._apply(session.caller_message(message, now))
+
+    def _media_now(self, text: str) -> bool:
+        """The protocol's read callback offers each caller message that would be next in line:
+        a media frame is converted and appended upstream here, without waking the task. Anything
+        else, or a moment when the model's socket cannot take a frame at once, is left to the
+        task."""
+        session, model = self._session, self._model
+        if session is None or model is None or not model.can_write_now():
+            return False
+        try:
+            message = twilio.parse_message(text)
+            if not isinstance(message, twilio.Media):
+                return False
+            # Sampled as in the task: frame parsed -> appended upstream. A declined message
+            # must not use up the sample the task will then take.
+            timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
+            started = time.perf_counter() if timed else 0.0
+            event = session.caller_audio(message.payload, 1)
+        except Exception:  # a bad frame (or a bug): the task meets it again and deals with it
+            return False
+        assert model.direct is not None
+        model.direct.write(event)
+        if timed:
+            metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
+        return True
+
+    async def _gather_backlog(
+        self, payload: bytes, backlog: Callable[[], int]
+    ) -> tuple[bytes, int, twilio.TwilioMessage | BadMessage | None]:
+        """Media frames already queued behind `payload`, joined, and how many; then the first
+        other message, if that is what ended the run."""
+        parts = [payload]
+        while backlog() and len(parts) < MAX_FRAMES_PER_APPEND:
+            message = await self._caller.receive()  # queued: returns without waiting
+            if not isinstance(message, twilio.Media):
+                return b"".join(parts), len(parts), message
+            parts.append(message.payload)
+        return b"".join(parts), len(parts), None
+
+    # ---- model -> caller -----------------------------------------------------------------------
+
+    async def _model_to_caller(self, model: ModelSocket) -> None:
+        session = self._session
+        assert session is not None
+        latency = metrics.ADDED_LATENCY_MODEL_TO_CALLER
+        async with contextlib.aclosing(model.events()) as events:
+            async for event in events:
+                if isinstance(event, BadMessage):
+                    self._apply(session.model_protocol_error(event.detail, self._loop.time()))
+                    continue
+                timed = latency.due() if isinstance(event, realtime.AudioDelta) else False
+                started = time.perf_counter()
+                barge_ins = self.record.barge_ins
+                self._apply(session.model_event(event, self._loop.time()))
+                if timed:  # delta parsed -> its frames handed to Twilio (1 delta in SAMPLE_EVERY)
+                    latency.record(time.perf_counter() - started)
+                elif self.record.barge_ins != barge_ins:  # speech_started -> `clear` handed over
+                    metrics.barge_in(time.perf_counter() - started)
