@@ -273,7 +273,13 @@ class Bridge:
                 return
         await websocket.accept()
         assert self.speech is not None
-        services = CallServices(self.settings, self.profile_for, self.recorder, self.speech)
+        services = CallServices(
+            self.settings,
+            self.profile_for,
+            self.recorder,
+            self.speech,
+            claim_stream=self.claim_stream,
+        )
         call = Call(websocket, services)
         self.live_calls.add(call)
         try:

@@ -8,6 +8,7 @@ Audio runs in the PCMU pass-through mode unless a test says otherwise: 8 bytes p
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -53,9 +54,9 @@ def new_session(profile: Profile = PROFILE) -> tuple[CallSession, list[Effect]]:
     return session, session.open(0.0)
 
 
-def caller_events(effects: list[Effect]) -> list[str]:
+def caller_events(effects: Sequence[Effect]) -> list[str]:
     """What Twilio gets, as event names in order (`media`, `mark`, `clear`)."""
-    names = []
+    names: list[str] = []
     for effect in effects:
         if isinstance(effect, ToCaller):
             names.extend(json.loads(text)["event"] for text in effect.texts)

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket
 
@@ -59,6 +59,8 @@ class CallServices:
     profile_for: Callable[[twilio.Start], Profile]
     recorder: Recorder
     speech: SpeechClient
+    # Refuses (ProtocolViolation) a stream token another worker or replica already used.
+    claim_stream: Callable[[twilio.Start], Awaitable[None]] | None = None
 
 
 class Call:
@@ -88,7 +90,7 @@ class Call:
         reason, detail = EndReason.INTERNAL_ERROR, ""
         try:
             start = await self._await_start()
-            session = self._begin(start)
+            session = await self._begin(start)
             async with open_session(self._services.settings, session.profile.model) as upstream:
                 model = self._model = ModelSocket(upstream)
                 async with asyncio.TaskGroup() as tg:
@@ -138,9 +140,12 @@ class Call:
         except TimeoutError:
             raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
 
-    def _begin(self, start: twilio.Start) -> CallSession:
+    async def _begin(self, start: twilio.Start) -> CallSession:
+        claim = self._services.claim_stream
         try:
             profile = self._services.profile_for(start)
+            if claim is not None:
+                await claim(start)
         except ProtocolViolation as exc:
             # An unsigned or forged stream: refuse before any Realtime session is opened.
             raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
