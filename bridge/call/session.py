@@ -89,15 +89,6 @@ class CallSession:
 
     # ---- inputs --------------------------------------------------------------------------------
 
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @property
-    def closing(self) -> bool:
-        """A shutdown asked this call to end (it may still be saying goodbye)."""
-        return self._closing is not Closing.NO
-
     def open(self, now: float) -> list[Effect]:
         """The model's socket is open: configure the session, greet, arm the call's deadline."""
         out: list[Effect] = [ToModel(realtime.session_update(self.profile)), Wake(self._deadline)]

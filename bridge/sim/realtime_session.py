@@ -43,9 +43,7 @@ _QUOTED = re.compile(r'"([^"]+)"')
 class RealtimeSessionState:
     """One session: conversation, input buffer + VAD, and at most one active response."""
 
-    def __init__(
-        self, config: SimConfig, *, model: str = "gpt-realtime", vad: EnergyVad | None = None
-    ) -> None:
+    def __init__(self, config: SimConfig, *, model: str = "gpt-realtime") -> None:
         self.config = config
         self.session: dict[str, Any] = default_session(model)
         self.items: dict[str, Item] = {}  # insertion order = conversation order
@@ -55,8 +53,7 @@ class RealtimeSessionState:
         self.abort_requested = False  # DROP_MID_RESPONSE: the binding must abort the socket
         self.audio_produced = False
         self.input = InputDecoder(record=config.record_input)
-        # The benchmark passes a VAD that first reads its call-id preamble from the same windows.
-        self._vad = vad or EnergyVad(config.vad_threshold_dbfs)
+        self._vad = EnergyVad(config.vad_threshold_dbfs)
         self._ev = EventFactory()
         self._buffer_ms = 0.0  # input audio since the last commit/clear
         self._input_ms_total = 0.0
