@@ -55,7 +55,7 @@ def random_chunks(data: bytes, rng: np.random.Generator, max_size: int) -> list[
 
 def response_db(taps: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     spectrum = np.abs(np.fft.rfft(taps, 1 << 16))
-    freqs = np.fft.rfftfreq(1 << 16, 1.0 / RATE_OUT)
+    freqs = np.fft.rfftfreq(1 << 16, 1.0 / RATE_OUT).astype(np.float64)
     return freqs, 20.0 * np.log10(np.maximum(spectrum, 1e-15))
 
 

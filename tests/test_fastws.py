@@ -28,6 +28,11 @@ from bridge.fastws.server import (
 )
 from bridge.fastws.upstream import DIRECT_WRITE_LIMIT, MaskSource, UpstreamWriter
 
+# The server protocol's own tests: served only when the shortcuts are on (see bridge.fastws).
+requires_shortcuts = pytest.mark.skipif(
+    not fastws.enabled(), reason="WebSocket shortcuts off: the server runs uvicorn's protocol"
+)
+
 
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
@@ -123,12 +128,14 @@ def test_text_frame_is_what_a_server_parser_reads(size: int) -> None:
 # ---- uvicorn: read pausing at a high-water mark -------------------------------------------
 
 
+@requires_shortcuts
 async def test_media_protocol_is_what_the_bridge_serves_with() -> None:
     config = server.uvicorn_config(Starlette(), "127.0.0.1", 0)
     assert config.ws is MediaStreamProtocol
     assert config.ws_per_message_deflate is False
 
 
+@requires_shortcuts
 async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
     """The app reads nothing for a while, then everything: every message, in order."""
     count = READ_HIGH_WATER * 20
@@ -165,6 +172,7 @@ async def test_a_slow_app_loses_nothing_and_keeps_order() -> None:
 # ---- uvicorn: frames to Twilio written directly --------------------------------------------
 
 
+@requires_shortcuts
 async def test_direct_sends_arrive_whole_and_in_order_with_library_sends() -> None:
     results: list[bool] = []
     closed = asyncio.Event()
@@ -191,6 +199,7 @@ async def test_direct_sends_arrive_whole_and_in_order_with_library_sends() -> No
     assert results == [True, True, False]
 
 
+@requires_shortcuts
 async def test_direct_send_steps_aside_when_twilio_stops_reading() -> None:
     """A peer that stops reading: direct writes give way to the ASGI send (which waits), and
     everything written arrives once the peer reads again."""
@@ -227,6 +236,7 @@ async def test_direct_send_steps_aside_when_twilio_stops_reading() -> None:
 # ---- uvicorn: a handler that takes messages before they are queued -------------------------
 
 
+@requires_shortcuts
 async def test_the_handler_takes_lone_messages_only_when_nothing_waits() -> None:
     """Messages that start with "h" are the handler's; order with queued messages is kept."""
     handled: list[str] = []

@@ -2,9 +2,9 @@
 
 The generic `bridge.sim.twilio_caller` runs two tasks, a lock and a `websockets` connection per
 call; hundreds of those would measure the generator instead of the bridge. Here a call is a
-callback object: `Ticker` calls `tick()` once per 20 ms at the call's own phase (calls are spread
-over the period, as independent phone calls are), and each tick plays one frame of the playback
-buffer, echoes the marks it passed and sends one microphone frame, in a single socket write.
+callback object over the same Sans-I/O core (`bridge.sim.caller_core`) in its lean mode: `Ticker`
+calls `tick()` once per 20 ms at the call's own phase (calls are spread over the period, as
+independent phone calls are), and each tick's frame and mark echoes go out in one socket write.
 
 The script: silence, the call-id preamble, then turns: a speech-like burst, wait for the reply,
 listen to it, pause, and again; a set share of replies is talked over (barge-in).
@@ -26,13 +26,12 @@ from bridge.bench import wire
 from bridge.bench.probe import CallProbe, Metrics
 from bridge.bench.signature import PREAMBLE_AT, PREAMBLE_FRAMES, preamble_frames
 from bridge.fastws.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ZERO_KEY, close_payload, frame
-from bridge.sim.playback import RATE, SILENCE, PlaybackBuffer
-from bridge.sim.twilio_messages import StreamMessages
+from bridge.sim.caller_core import SILENCE_B64, CallerCore
+from bridge.sim.playback import RATE, SILENCE
 
 __all__ = ["Caller", "Script", "Ticker"]
 
 PERIOD_S = 0.02
-SILENCE_B64 = base64.b64encode(SILENCE).decode("ascii")
 _SPEAK_AFTER = PREAMBLE_AT + PREAMBLE_FRAMES + 10
 
 
@@ -114,15 +113,14 @@ class Caller(asyncio.Protocol):
         self.failure: str | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.frames_sent = 0
         self._ticker = ticker
         self._script = script
         self._utterance = utterance
         self._rng = random.Random(probe.call_id)
         self._request, self._accept = wire.client_request(host, target, {})
         self._params = dict(custom_parameters)
-        self._messages = StreamMessages(stream_sid, "AC" + "0" * 32, call_sid)
-        self._media_head = f'","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"'
+        self.core = CallerCore(stream_sid, call_sid, self._payload)
+        self.playback = self.core.playback
         self._stream_sid = stream_sid
         self._preamble = [
             SILENCE_B64 if f == SILENCE else _b64(f) for f in preamble_frames(probe.call_id)
@@ -132,7 +130,6 @@ class Caller(asyncio.Protocol):
         self._reader: wire.FrameReader | None = None
         self._hanging_up = False
         self._open = False
-        self.playback = PlaybackBuffer()
         # script state
         self._state = "idle"
         self._speak_at = _SPEAK_AFTER
@@ -167,8 +164,8 @@ class Caller(asyncio.Protocol):
                 return
             self._reader = reader = wire.FrameReader()
             self._open = True
-            self._send_text(self._messages.connected())
-            self._send_text(self._messages.start(self._params))
+            for message in self.core.opening(self._params):
+                self._send_text(message)
             self._ticker.add(self)
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -200,7 +197,7 @@ class Caller(asyncio.Protocol):
             return
         self._hanging_up = True
         if self._open and self._transport is not None:
-            self._send_text(self._messages.stop())
+            self._send_text(self.core.stop())
             self._write(frame(OP_CLOSE, close_payload(1000), ZERO_KEY))
 
     def abort(self) -> None:
@@ -247,43 +244,36 @@ class Caller(asyncio.Protocol):
             encoded = message["media"]["payload"]
             n = len(encoded) * 3 // 4 - encoded.endswith("=") - encoded.endswith("==")
             before = playback.underruns
-            playback.feed_size(n, probe.reply, now)
+            self.core.media_size(n, probe.reply, now)
             if playback.underruns != before and metrics.recording:
                 metrics.underruns += 1
                 metrics.gaps.add(playback.gaps_ms[-1])
             probe.output.media_received(n, now, metrics.sink(metrics.model_to_caller))
         elif event == "mark":
-            for echo in playback.mark(message["mark"]["name"]):
-                self._send_text(self._messages.mark(echo.name))
+            for text in self.core.mark(message["mark"]["name"], now):
+                self._send_text(text)
         elif event == "clear":
             probe.cleared(now, playback.heard(probe.reply, now))
-            for echo in playback.clear():
-                self._send_text(self._messages.mark(echo.name))
+            for text in self.core.clear(now):
+                self._send_text(text)
         else:
             metrics.protocol_errors += 1
 
     # ---- the 20 ms tick ----------------------------------------------------------------------
 
+    @property
+    def frames_sent(self) -> int:
+        return self.core.frames_sent
+
     def tick(self, now: float) -> None:
         if not self._open or self._hanging_up:
             return
-        _, echoes = self.playback.tick(now)
-        k = self.frames_sent
-        payload = self._payload(k)
-        messages = self._messages
-        messages.sequence += 1
-        text = (
-            f'{{"event":"media","sequenceNumber":"{messages.sequence}{self._media_head}'
-            f'{k + 1}","timestamp":"{k * 20}","payload":"{payload}"}}}}'
-        )
-        out = frame(OP_TEXT, text.encode(), ZERO_KEY)
-        if echoes:
-            out += b"".join(
-                frame(OP_TEXT, messages.mark(echo.name).encode(), ZERO_KEY) for echo in echoes
-            )
-        self.frames_sent = k + 1
+        texts = self.core.tick(now)
         self.probe.input.sent(now)
-        self._write(out)
+        if len(texts) == 1:
+            self._write(frame(OP_TEXT, texts[0].encode(), ZERO_KEY))
+        else:
+            self._write(b"".join(frame(OP_TEXT, text.encode(), ZERO_KEY) for text in texts))
 
     def _payload(self, k: int) -> str:
         if k < PREAMBLE_AT:

@@ -1,21 +1,18 @@
-"""Lean Realtime (GA) model side of the generator: enough of the protocol to hold a conversation.
+"""Lean binding of the Realtime simulator for the generator: its session rules, without its server.
 
-One asyncio Protocol per session, no tasks: frames are read in `data_received`, reply deltas are
-paced with `call_at`. The simulator's VAD, as `PreambleVad`, turns the input audio into the call's
-id (its preamble) and then speech started / stopped, which drive replies as server VAD does.
-Replies are encoded once by the simulator's encoder and stream faster than real time;
-`response.cancel` and `conversation.item.truncate` behave as the GA service does. Everything is
-reported to the call's `CallProbe`. The full-featured simulator for tests is
-`bridge.sim.realtime_server`: its session state (`RealtimeSessionState`) is not used here because
-building and serialising its events cost the generator about 10 % more CPU per call (measured).
+One asyncio Protocol per session, no tasks: frames are read in `data_received` with the
+generator's own wire code, and reply deltas are paced with `call_at`. Every rule (server VAD,
+replies, cancel, truncate, errors) is the simulator's `RealtimeSessionState` in its lean use
+(appends decoded straight into `append_audio`, deltas pre-serialised, input not recorded), so the
+benchmark and the tests hold the same conversation; its VAD is `PreambleVad`, which first ties
+the session to its call. Replies repeat every few turns and are encoded once per format for all
+sessions. Everything is reported to the call's `CallProbe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
-import itertools
-import json
 import time
 import typing
 from typing import Any
@@ -23,20 +20,26 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bridge.audio import CallerToModel, ulaw_to_pcm16
+from bridge.audio import CallerToModel
 from bridge.bench import wire
 from bridge.bench.inbound import PreambleVad, caller_side_bytes
 from bridge.bench.probe import CallProbe, Metrics
 from bridge.bench.signature import PREAMBLE_AT, speechlike
 from bridge.fastws.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, frame
-from bridge.sim.realtime_media import EncodedAudio, encode_audio
+from bridge.sim.realtime_config import SimConfig
+from bridge.sim.realtime_media import EncodedAudio, turn_audio
+from bridge.sim.realtime_response import Event, ResponseStream
+from bridge.sim.realtime_session import RealtimeSessionState
 
 __all__ = ["ModelServer"]
 
 REPLY_SECONDS = (2.0, 2.8, 3.6)
-_WORD = " word"
-_PCMU = {"type": "audio/pcmu"}
-_PCM = {"type": "audio/pcm", "rate": 24000}
+TRANSCRIPT = "Hello there."
+# What a client may ask for that the service refuses without anything being wrong: races between
+# the bridge and the model, not rejected events.
+_BENIGN_ERRORS = frozenset(
+    {"response_cancel_not_active", "conversation_already_has_active_response"}
+)
 
 
 def reply_samples(turn: int) -> np.ndarray:
@@ -50,7 +53,14 @@ class ModelServer:
     load runner before each call starts)."""
 
     def __init__(self, *, chunk_ms: int = 100, speedup: float = 5.0) -> None:
-        self.chunk_ms = chunk_ms
+        self.config = SimConfig(
+            reply_audio=reply_samples,
+            reply_turns=len(REPLY_SECONDS),
+            chunk_ms=chunk_ms,
+            speedup=speedup,
+            caller_transcripts=(TRANSCRIPT,),
+            record_input=False,
+        )
         self.interval = chunk_ms / 1000.0 / speedup
         self.metrics = Metrics()
         self.probes: dict[int, CallProbe] = {}
@@ -58,8 +68,10 @@ class ModelServer:
         self.unlinked: list[str] = []  # why sessions could not be tied to a call
         self.url = ""
         self._server: asyncio.Server | None = None
-        self._encoded: dict[tuple[str, int], EncodedAudio] = {}
-        self._chunks: dict[tuple[bool, int], list[tuple[bytes, int]]] = {}
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.config.chunk_ms
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         loop = asyncio.get_running_loop()
@@ -75,37 +87,7 @@ class ModelServer:
 
     def reply(self, audio_format: dict[str, Any], turn: int) -> EncodedAudio:
         """Reply `turn` (cycled) encoded for `audio_format`, once per format, shared by all."""
-        key = (str(audio_format.get("type")), turn % len(REPLY_SECONDS))
-        encoded = self._encoded.get(key)
-        if encoded is None:
-            samples = reply_samples(turn)
-            encoded = self._encoded[key] = encode_audio(samples, audio_format, self.chunk_ms)
-        return encoded
-
-    def reply_chunks(self, pcmu: bool, turn: int) -> list[tuple[bytes, int]]:
-        """`reply` as (base64 delta as bytes, decoded size) per chunk, ready to frame."""
-        key = (pcmu, turn % len(REPLY_SECONDS))
-        chunks = self._chunks.get(key)
-        if chunks is None:
-            encoded = self.reply(_PCMU if pcmu else _PCM, turn)
-            pairs = zip(encoded.chunks, encoded.sizes, strict=True)
-            chunks = self._chunks[key] = [(chunk.encode("ascii"), size) for chunk, size in pairs]
-        return chunks
-
-
-class _Reply:
-    __slots__ = ("chunks", "handle", "id", "item", "k", "number", "part", "sent_ms", "start")
-
-    def __init__(self, rid: str, item: str, number: int, chunks: list[tuple[bytes, int]]) -> None:
-        self.id = rid
-        self.item = item
-        self.number = number
-        self.chunks = chunks
-        self.k = 0
-        self.sent_ms = 0.0
-        self.start = 0.0
-        self.handle: asyncio.Handle | None = None
-        self.part = f',"response_id":"{rid}","item_id":"{item}","output_index":0,"content_index":0'
+        return turn_audio(reply_samples, turn % len(REPLY_SECONDS), audio_format, self.chunk_ms)
 
 
 class _Session(asyncio.Protocol):
@@ -115,18 +97,13 @@ class _Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._head = b""
         self._reader: wire.FrameReader | None = None
-        self._ids = itertools.count(1)
-        self._prefix = f"{id(self) & 0xFFFFFF:06x}"
         self._vad = PreambleVad()
-        self._silence_ms = 500
-        self._caller_bytes = 0.0  # audio received so far, as caller-side mu-law bytes
+        self.state = RealtimeSessionState(server.config, vad=self._vad)
         self._pcmu = False
-        self._interrupt = True
-        self._create = True
-        self._user_item = ""
-        self._reply: _Reply | None = None
-        self._replies = 0
-        self._items: dict[str, _Reply] = {}
+        self._caller_bytes = 0.0  # audio received so far, as caller-side mu-law bytes
+        self._paced: ResponseStream | None = None
+        self._handle: asyncio.Handle | None = None
+        self._replies: dict[str, int] = {}  # assistant item id -> the probe's reply number
 
     # ---- socket ------------------------------------------------------------------------------
 
@@ -154,7 +131,7 @@ class _Session(asyncio.Protocol):
                 return
             self._write(response)
             self._reader = reader = wire.FrameReader()
-            self._send(self._event("session.created", ',"session":{"type":"realtime"}'))
+            self._send(self.state.connected())
             if not data:
                 return
         for opcode, payload in reader.feed(data):
@@ -167,9 +144,7 @@ class _Session(asyncio.Protocol):
                 self._close_transport()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._reply is not None and self._reply.handle is not None:
-            self._reply.handle.cancel()
-        self._reply = None
+        self._stop_pacing()
         if self.probe is None and self._caller_bytes:
             self.server.unlinked.append("preamble not decoded")
 
@@ -181,100 +156,65 @@ class _Session(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _send(self, text: str) -> None:
-        self._write(frame(OP_TEXT, text.encode()))
+    def _send(self, events: list[Event]) -> None:
+        if events:
+            self._write(b"".join(frame(OP_TEXT, orjson.dumps(event)) for event in events))
 
-    def _event(self, kind: str, fields: str = "") -> str:
-        return f'{{"type":"{kind}","event_id":"event_{self._prefix}{next(self._ids)}"{fields}}}'
+    def _send_serialised(self, texts: list[bytes]) -> None:
+        if texts:
+            self._write(b"".join(frame(OP_TEXT, text) for text in texts))
 
     # ---- client events -----------------------------------------------------------------------
 
     def _on_event(self, payload: bytes) -> None:
+        now = time.monotonic()
+        state = self.state
         try:
             event = orjson.loads(payload)
-            kind = event["type"]
-            if kind == "input_audio_buffer.append":
-                self._append(binascii.a2b_base64(event["audio"]))
-            elif kind == "session.update":
-                self._session_update(event["session"])
-            elif kind == "response.cancel":
-                self._cancel(event)
-            elif kind == "conversation.item.truncate":
-                self._truncate(event)
-            elif kind == "response.create":
-                if self._reply is None:
-                    self._start_reply()
-                else:
-                    self._error("conversation_already_has_active_response", event)
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except orjson.JSONDecodeError:
             self.server.metrics.rejected_events += 1
-
-    def _session_update(self, session: dict[str, Any]) -> None:
-        audio_in = session.get("audio", {}).get("input", {})
-        self._pcmu = audio_in.get("format", {}).get("type") == "audio/pcmu"
-        detection = audio_in.get("turn_detection") or {}
-        self._silence_ms = int(detection.get("silence_duration_ms") or 500)
-        self._interrupt = bool(detection.get("interrupt_response", True))
-        self._create = bool(detection.get("create_response", True))
-        self._send(self._event("session.updated", f',"session":{json.dumps(session)}'))
-
-    def _error(self, code: str, event: dict[str, Any]) -> None:
-        event_id = json.dumps(event.get("event_id"))
-        self._send(
-            self._event(
-                "error",
-                f',"error":{{"type":"invalid_request_error","code":"{code}",'
-                f'"message":"{code}","param":null,"event_id":{event_id}}}',
-            )
-        )
-
-    def _cancel(self, event: dict[str, Any]) -> None:
-        if self._reply is None:
-            self._error("response_cancel_not_active", event)
-        else:
-            self._finish("cancelled", "client_cancelled")
-
-    def _truncate(self, event: dict[str, Any]) -> None:
-        item_id, end_ms = event["item_id"], int(event["audio_end_ms"])
-        reply = self._items.get(item_id)
-        if reply is None or end_ms < 0 or end_ms > reply.sent_ms:
-            self.server.metrics.rejected_events += 1
-            self._error("invalid_value", event)
+            self._send(state.invalid_json("not JSON"))
             return
-        if self.probe is not None:
-            self.probe.truncated(reply.number, end_ms)
-        self._send(
-            self._event(
-                "conversation.item.truncated",
-                f',"item_id":"{item_id}","content_index":0,"audio_end_ms":{end_ms}',
-            )
-        )
-
-    # ---- input audio: preamble, then VAD -----------------------------------------------------
-
-    def _append(self, raw: bytes) -> None:
-        now = time.monotonic()
-        before = self._caller_bytes
-        size = caller_side_bytes(len(raw), pcmu=self._pcmu)
-        self._caller_bytes += size
-        vad = self._vad
-        if self._pcmu:
-            heard = vad.feed(ulaw_to_pcm16(raw), 8000, self._silence_ms)
+        size = 0.0
+        try:  # the hot path: an append decoded here, straight into the session's audio rules
+            if event["type"] != "input_audio_buffer.append":
+                raise LookupError
+            raw = binascii.a2b_base64(event["audio"], strict_mode=True)
+        except (LookupError, TypeError, ValueError):
+            events = state.handle(event)  # everything else, and the session's errors
         else:
-            heard = vad.feed(raw, 24000, self._silence_ms)
-        if self.probe is None:
-            if vad.call_id is None:
-                return  # not tied to a call (yet): no conversation
-            self._link(vad.call_id, now, before)
-        for transition in heard:
-            if transition.started:
-                self._speech_started(transition.ms, now)
-            else:
-                self._speech_stopped(transition.ms)
+            size = caller_side_bytes(len(raw), pcmu=self._pcmu)
+            events = state.append_audio(raw)
+        before = self._caller_bytes
+        self._caller_bytes += size
+        if self.probe is None and self._vad.call_id is not None:
+            self._link(self._vad.call_id, now, before)
+        if events:
+            self._observe(events, now)
+            self._send(events)
         probe = self.probe
-        if probe is not None:
+        if size and probe is not None:
             metrics = probe.metrics
             probe.input.received(size, now, metrics.sink(metrics.caller_to_model))
+        if state.response is not self._paced:
+            self._start_pacing()
+
+    def _observe(self, events: list[Event], now: float) -> None:
+        """Report what the session decided to the probe (and count refused client events)."""
+        for event in events:
+            kind = event["type"]
+            if kind == "input_audio_buffer.speech_started":
+                if self.probe is not None:
+                    self.probe.speech_started(now)
+            elif kind == "conversation.item.truncated":
+                number = self._replies.get(event["item_id"])
+                if self.probe is not None and number is not None:
+                    self.probe.truncated(number, event["audio_end_ms"])
+            elif kind == "session.updated":
+                audio_in = event["session"]["audio"]["input"]
+                self._pcmu = audio_in["format"]["type"] == "audio/pcmu"
+            elif kind == "error" and event["error"]["code"] not in _BENIGN_ERRORS:
+                self.server.metrics.rejected_events += 1
 
     def _link(self, call_id: int, now: float, received_before: float) -> None:
         probe = self.server.probes.get(call_id)
@@ -289,132 +229,45 @@ class _Session(asyncio.Protocol):
         probe.input.received(received_before, now, None)
         self.probe = probe
 
-    def _speech_started(self, t_ms: int, now: float) -> None:
-        self._user_item = f"item_u{self._prefix}{next(self._ids)}"
-        self._send(
-            self._event(
-                "input_audio_buffer.speech_started",
-                f',"audio_start_ms":{max(0, t_ms - 300)},"item_id":"{self._user_item}"',
-            )
-        )
-        if self.probe is not None:
-            self.probe.speech_started(now)
-        if self._reply is not None and self._interrupt:
-            self._finish("cancelled", "turn_detected")
-
-    def _speech_stopped(self, end_ms: int) -> None:
-        item = self._user_item
-        self._send(
-            self._event(
-                "input_audio_buffer.speech_stopped",
-                f',"audio_end_ms":{end_ms},"item_id":"{item}"',
-            )
-        )
-        self._send(
-            self._event(
-                "input_audio_buffer.committed", f',"item_id":"{item}","previous_item_id":null'
-            )
-        )
-        self._send(
-            self._event(
-                "conversation.item.input_audio_transcription.completed",
-                f',"item_id":"{item}","content_index":0,"transcript":"Hello there."',
-            )
-        )
-        if self._reply is None and self._create:
-            self._start_reply()
-
     # ---- replies -----------------------------------------------------------------------------
 
-    def _start_reply(self) -> None:
-        number = self.probe.reply_started() if self.probe is not None else 0
-        n = next(self._ids)
-        reply = _Reply(
-            f"resp_{self._prefix}{n}",
-            f"item_a{self._prefix}{n}",
-            number,
-            self.server.reply_chunks(self._pcmu, self._replies),
-        )
-        self._replies += 1
-        self._reply = reply
-        self._items[reply.item] = reply
-        if len(self._items) > 16:
-            self._items.pop(next(iter(self._items)))
-        rid, item = reply.id, reply.item
-        self._send(
-            self._event(
-                "response.created",
-                f',"response":{{"object":"realtime.response","id":"{rid}",'
-                '"status":"in_progress","output":[],"output_modalities":["audio"]}',
-            )
-        )
-        self._send(
-            self._event(
-                "response.output_item.added",
-                f',"response_id":"{rid}","output_index":0,"item":{{"id":"{item}",'
-                '"object":"realtime.item","type":"message","role":"assistant","content":[],'
-                '"status":"in_progress"}',
-            )
-        )
-        loop = asyncio.get_running_loop()
-        reply.start = loop.time()
-        reply.handle = loop.call_soon(self._delta, reply)
-
-    def _delta(self, reply: _Reply) -> None:
-        if self._reply is not reply:
+    def _start_pacing(self) -> None:
+        self._stop_pacing()
+        stream = self.state.response
+        if stream is None:
             return
-        chunk, size = reply.chunks[reply.k]
-        now = time.monotonic()
-        metrics = self.server.metrics
-        if metrics.recording:
-            metrics.delta_lag.add((now - reply.start - reply.k * self.server.interval) * 1000.0)
-        part = reply.part
-        head = self._event("response.output_audio.delta", part + ',"delta":"')[:-1]
-        words = self._event("response.output_audio_transcript.delta", part + f',"delta":"{_WORD}"')
-        self._write(frame(OP_TEXT, head.encode() + chunk + b'"}') + frame(OP_TEXT, words.encode()))
-        reply.sent_ms += size / (8.0 if self._pcmu else 48.0)
-        if self.probe is not None:
-            self.probe.output.delta_sent(size if self._pcmu else size / 6.0, now)
-        reply.k += 1
-        if reply.k >= len(reply.chunks):
-            self._finish("completed", None)
-        else:
-            loop = asyncio.get_running_loop()
-            reply.handle = loop.call_at(
-                reply.start + reply.k * self.server.interval, self._delta, reply
-            )
+        self._paced = stream
+        number = self.probe.reply_started() if self.probe is not None else 0
+        self._replies[stream.item.id] = number
+        if len(self._replies) > 16:
+            self._replies.pop(next(iter(self._replies)))
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_soon(self._delta, stream, loop.time(), 0)
 
-    def _finish(self, status: str, reason: str | None) -> None:
-        reply = self._reply
-        assert reply is not None
-        self._reply = None
-        if reply.handle is not None:
-            reply.handle.cancel()
-        part = reply.part
-        transcript = _WORD.strip() if reply.k else ""
-        self._send(self._event("response.output_audio.done", part))
-        self._send(
-            self._event(
-                "response.output_audio_transcript.done", part + f',"transcript":"{transcript}"'
-            )
-        )
-        item = (
-            f'{{"id":"{reply.item}","object":"realtime.item","type":"message","role":"assistant",'
-            f'"status":"{"completed" if status == "completed" else "incomplete"}",'
-            f'"content":[{{"type":"output_audio","transcript":"{transcript}"}}]}}'
-        )
-        self._send(
-            self._event(
-                "response.output_item.done",
-                f',"response_id":"{reply.id}","output_index":0,"item":{item}',
-            )
-        )
-        details = "null" if reason is None else f'{{"type":"{status}","reason":"{reason}"}}'
-        self._send(
-            self._event(
-                "response.done",
-                f',"response":{{"object":"realtime.response","id":"{reply.id}",'
-                f'"status":"{status}","status_details":{details},"output":[{item}],'
-                '"usage":{"total_tokens":60,"input_tokens":20,"output_tokens":40}}',
-            )
-        )
+    def _stop_pacing(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._paced = None
+
+    def _delta(self, stream: ResponseStream, start: float, step: int) -> None:
+        if self.state.response is not stream:
+            return
+        now = time.monotonic()
+        server = self.server
+        metrics = server.metrics
+        if metrics.recording:
+            metrics.delta_lag.add((now - start - step * server.interval) * 1000.0)
+        chunk = stream.next_chunk
+        self._send_serialised(self.state.advance_serialised())
+        audio = stream.audio
+        if self.probe is not None and audio is not None and stream.next_chunk > chunk:
+            size = caller_side_bytes(audio.sizes[chunk], pcmu=audio.bytes_per_ms == 8)
+            self.probe.output.delta_sent(size, now)
+        if self.state.response is stream:
+            loop = asyncio.get_running_loop()
+            at = start + (step + 1) * server.interval
+            self._handle = loop.call_at(at, self._delta, stream, start, step + 1)
+        else:  # completed: only a client event starts the next one
+            self._handle = None
+            self._paced = None

@@ -83,6 +83,8 @@ class SimConfig:
     )  # cycled per session
     # If set: turn index (0-based response count of the session) -> 24 kHz float audio to speak.
     reply_audio: Callable[[int], np.ndarray] | None = None
+    # If > 0: reply_audio repeats after this many turns, so each is encoded once and shared.
+    reply_turns: int = 0
     chunk_ms: int = 100  # audio per output_audio.delta
     speedup: float = 5.0  # deltas are sent this many times faster than real time
     late_deltas_after_cancel: int = 0  # deltas of the old item still sent after a cancel

@@ -27,6 +27,7 @@ __all__ = [
     "encode_audio",
     "reply_renderer",
     "speech_audio",
+    "turn_audio",
 ]
 
 
@@ -90,6 +91,8 @@ class EncodedAudio:
     chunks: tuple[str, ...]
     sizes: tuple[int, ...]
     bytes_per_ms: int
+    wire: tuple[bytes, ...] = ()
+    """`chunks` as ASCII bytes, for bindings that frame events by hand."""
 
     @property
     def total_bytes(self) -> int:
@@ -110,10 +113,12 @@ def encode_audio(audio: np.ndarray, audio_format: dict[str, Any], chunk_ms: int)
     per_ms = bytes_per_ms(audio_format)
     step = max(1, chunk_ms) * per_ms
     pieces = [data[i : i + step] for i in range(0, len(data), step)]
+    wire = tuple(base64.b64encode(p) for p in pieces)
     return EncodedAudio(
-        chunks=tuple(base64.b64encode(p).decode("ascii") for p in pieces),
+        chunks=tuple(w.decode("ascii") for w in wire),
         sizes=tuple(len(p) for p in pieces),
         bytes_per_ms=per_ms,
+        wire=wire,
     )
 
 
@@ -141,17 +146,43 @@ def speech_audio(text: str, audio_format: dict[str, Any], chunk_ms: int) -> Enco
     return encoded
 
 
+_TURNS: dict[tuple[Callable[[int], np.ndarray], int, str, int], EncodedAudio] = {}
+
+
+def turn_audio(
+    reply_audio: Callable[[int], np.ndarray], turn: int, audio_format: dict[str, Any], chunk_ms: int
+) -> EncodedAudio:
+    """`reply_audio(turn)` encoded for `audio_format`, once per (function, turn, format, chunk
+    size) and shared: for replies that repeat, so that no session encodes them again."""
+    key = (reply_audio, turn, str(audio_format.get("type")), chunk_ms)
+    hit = _TURNS.get(key)
+    if hit is not None:
+        return hit
+    encoded = encode_audio(reply_audio(turn), audio_format, chunk_ms)
+    with _CACHE_LOCK:
+        if len(_TURNS) >= _CACHE_LIMIT:
+            _TURNS.clear()
+        _TURNS[key] = encoded
+    return encoded
+
+
 def reply_renderer(
     reply_audio: Callable[[int], np.ndarray] | None,
     turn: int,
     text: str,
     audio_format: dict[str, Any],
     chunk_ms: int,
+    *,
+    reply_turns: int = 0,
 ) -> tuple[Callable[[], EncodedAudio], EncodedAudio | None]:
     """How to render a reply (`reply_audio(turn)` if set, else `speech(text)`), and the result
-    if it is already cached."""
+    if it is already cached. With `reply_turns`, `reply_audio` repeats after that many turns
+    and each is encoded once (`turn_audio`)."""
     if reply_audio is not None:
         audio_fn = reply_audio
+        if reply_turns > 0:
+            shared = turn_audio(audio_fn, turn % reply_turns, audio_format, chunk_ms)
+            return lambda: shared, shared
 
         def render_tone() -> EncodedAudio:
             return encode_audio(audio_fn(turn), audio_format, chunk_ms)

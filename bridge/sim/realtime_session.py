@@ -1,7 +1,10 @@
 """Sans-I/O state machine of one simulated GA Realtime session: client events in, server events out.
 
-The binding (`realtime_server`) feeds parsed client events and pacing ticks (`advance`); nothing
-here awaits, so every rule (VAD, cancel, truncate, modality quirks) is a plain method call.
+The bindings feed parsed client events and pacing ticks (`advance`); nothing here awaits, so
+every rule (VAD, cancel, truncate, modality quirks) is a plain method call. Two bindings: the
+simulator for tests and the demo (`realtime_server`), and the benchmark's lean model side
+(`bridge.bench.model`), which hands decoded appends straight to `append_audio` and takes audio
+deltas pre-serialised (`advance_serialised`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pybase64
 
 from bridge.sim.realtime_config import (
@@ -43,7 +47,9 @@ _QUOTED = re.compile(r'"([^"]+)"')
 class RealtimeSessionState:
     """One session: conversation, input buffer + VAD, and at most one active response."""
 
-    def __init__(self, config: SimConfig, *, model: str = "gpt-realtime") -> None:
+    def __init__(
+        self, config: SimConfig, *, model: str = "gpt-realtime", vad: EnergyVad | None = None
+    ) -> None:
         self.config = config
         self.session: dict[str, Any] = default_session(model)
         self.items: dict[str, Item] = {}  # insertion order = conversation order
@@ -53,7 +59,7 @@ class RealtimeSessionState:
         self.abort_requested = False  # DROP_MID_RESPONSE: the binding must abort the socket
         self.audio_produced = False
         self.input = InputDecoder(record=config.record_input)
-        self._vad = EnergyVad(config.vad_threshold_dbfs)
+        self._vad = vad or EnergyVad(config.vad_threshold_dbfs)
         self._ev = EventFactory()
         self._buffer_ms = 0.0  # input audio since the last commit/clear
         self._input_ms_total = 0.0
@@ -73,6 +79,7 @@ class RealtimeSessionState:
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._output_audio_buffer_clear,
         }
+        self._input_settings()
 
     # ---- entry points --------------------------------------------------------------------
 
@@ -127,15 +134,31 @@ class RealtimeSessionState:
         stream = self.response
         if stream is None:
             return []
-        events = stream.step(self._ev)
+        return stream.step(self._ev) + self._after_step(stream)
+
+    def advance_serialised(self) -> list[bytes]:
+        """`advance`, its events as JSON texts; an audio step's are built by hand, unparsed."""
+        stream = self.response
+        if stream is None:
+            return []
+        if stream.modality != "audio":
+            return [orjson.dumps(event) for event in self.advance()]
+        out = stream.step_serialised(self._ev)
+        after = self._after_step(stream)
+        if after:
+            out += [orjson.dumps(event) for event in after]
+        return out
+
+    def _after_step(self, stream: ResponseStream) -> list[Event]:
+        """What follows a pacing step: the end of the response, or the abort of a drop test."""
         if stream.modality == "audio" and stream.next_chunk:
             self.audio_produced = True
         if stream.exhausted:
-            events += self._finish("completed")
-        elif stream.drop_after is not None and stream.next_chunk >= stream.drop_after:
+            return self._finish("completed")
+        if stream.drop_after is not None and stream.next_chunk >= stream.drop_after:
             self.abort_requested = True
             self.response = None
-        return events
+        return []
 
     # ---- session and input audio ---------------------------------------------------------
 
@@ -145,6 +168,7 @@ class RealtimeSessionState:
         self.session = apply_session_update(
             self.session, event["session"], audio_produced=self.audio_produced
         )
+        self._input_settings()
         return [self._ev.event("session.updated", session=self.session)]
 
     def _append(self, event: Event) -> list[Event]:
@@ -155,21 +179,35 @@ class RealtimeSessionState:
             raise ClientError(
                 "Invalid 'audio'. Expected base64-encoded audio bytes.", param="audio"
             ) from exc
-        audio_in = self.session["audio"]["input"]
-        pcm, rate = self.input.decode(raw, audio_in["format"])
-        ms = len(pcm) / 2 / rate * 1000.0
+        return self.append_audio(raw)
+
+    def append_audio(self, raw: bytes) -> list[Event]:
+        """Input audio, already decoded from base64: `input_audio_buffer.append` without the
+        parsing (a lean binding, on the hottest path, calls this directly)."""
+        pcm, rate = self.input.decode(raw, self._input_format)
+        ms = len(pcm) * 500.0 / rate
         self._buffer_ms += ms
         self._input_ms_total += ms
-        td = audio_in.get("turn_detection")
-        silence_ms = int(td.get("silence_duration_ms") or 500) if td else 500
+        td = self._turn_detection
+        transitions = self._vad.feed(pcm, rate, self._silence_ms, detect=td is not None)
+        if not transitions:
+            return []
+        assert td is not None  # transitions only come with detection on
         out: list[Event] = []
-        for transition in self._vad.feed(pcm, rate, silence_ms, detect=td is not None):
-            assert td is not None  # transitions only come with detection on
+        for transition in transitions:
             if transition.started:
                 out += self._speech_started(transition.ms, td)
             else:
                 out += self._speech_stopped(transition.ms, td)
         return out
+
+    def _input_settings(self) -> None:
+        """What every append reads, looked up once per session update instead of per append."""
+        audio_in = self.session["audio"]["input"]
+        self._input_format: dict[str, Any] = audio_in["format"]
+        td = audio_in.get("turn_detection")
+        self._turn_detection: dict[str, Any] | None = td
+        self._silence_ms = int(td.get("silence_duration_ms") or 500) if td else 500
 
     def _speech_started(self, onset_ms: int, td: dict[str, Any]) -> list[Event]:
         item_id = self._speech_item_id = self._ev.new_id("item")
@@ -356,7 +394,12 @@ class RealtimeSessionState:
             else session_out["format"]
         )
         render, ready = reply_renderer(
-            config.reply_audio, turn, text, audio_format, config.chunk_ms
+            config.reply_audio,
+            turn,
+            text,
+            audio_format,
+            config.chunk_ms,
+            reply_turns=config.reply_turns,
         )
         in_conversation = params.get("conversation", "auto") != "none"
         item = Item(

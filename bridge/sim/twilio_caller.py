@@ -1,7 +1,8 @@
 """A phone caller as Twilio's media server presents it: a bidirectional Media Stream over WebSocket.
 
-Paces 20 ms µ-law frames in real time, plays what the bridge sends through a buffer drained at
-8000 bytes/s, echoes marks, honours `clear`, and records everything for end-to-end assertions.
+The asyncio binding of `bridge.sim.caller_core` (which owns the call's rules): paces 20 ms µ-law
+frames in real time, plays what the bridge sends, echoes marks, honours `clear`, and records
+everything for end-to-end assertions.
 """
 
 from __future__ import annotations
@@ -19,17 +20,13 @@ import numpy.typing as npt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bridge.sim.playback import FRAME_BYTES, RATE, SILENCE, MarkEcho, PlaybackBuffer
+from bridge.sim.caller_core import FRAME_S, MAX_BURST, CallerCore, Microphone, frames_to_drop
+from bridge.sim.playback import RATE
 from bridge.sim.signals import from_ulaw, to_ulaw, write_wav
-from bridge.sim.twilio_messages import InvalidMessage, StreamMessages, read_bridge_message
+from bridge.sim.twilio_messages import InvalidMessage, read_bridge_message
 from bridge.sim.twiml_client import fetch_twiml, loopback_url, parse_stream
 
-__all__ = ["TwilioCaller", "fetch_twiml", "loopback_url", "parse_stream"]
-
-FRAME_S = FRAME_BYTES / RATE
-MAX_BURST = 10
-"""Overdue frames sent back to back after a stall (200 ms, as TCP would deliver after a
-hiccup); older ones are dropped, like audio lost on a congested path (Twilio 31930)."""
+__all__ = ["MAX_BURST", "TwilioCaller", "fetch_twiml", "loopback_url", "parse_stream"]
 
 
 def _new_sid(prefix: str) -> str:
@@ -70,35 +67,31 @@ class TwilioCaller:
         self.started_at = 0.0
 
         self.received: list[tuple[float, dict[str, Any]]] = []
-        self.clears: list[float] = []
-        self.marks_echoed: list[tuple[float, str, bool]] = []
-        self.played_per_mark: dict[str, int] = {}
-        self.media_after_clear: list[int] = []
         self.protocol_errors: list[str] = []
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed_by: Literal["caller", "bridge"] | None = None
         """Who closed first: the caller (hangup) or the bridge."""
-        self.frames_sent = 0
-        self.frames_played = 0
-        """Ticks that played at least one byte of bridge audio."""
-        self.frames_dropped = 0
-        """Microphone frames skipped because the loop stalled for more than MAX_BURST ticks."""
 
-        self._playback = PlaybackBuffer()
-        self._mic = bytearray()
-        self._mic_queued = 0
-        self._mic_sent = 0
-        self._heard = bytearray()
-        self._sent = bytearray()
-        self._messages = StreamMessages(self.stream_sid, self.account_sid, self.call_sid)
-        self._noise = _comfort_noise(comfort_noise) if comfort_noise > 0 else None
-        self._last_audio_end = 0.0
-        self._after_clear = False
+        self._mic = Microphone(_comfort_noise(comfort_noise) if comfort_noise > 0 else None)
+        self.core = CallerCore(
+            self.stream_sid,
+            self.call_sid,
+            self._mic.frame,
+            account_sid=account_sid,
+            observe=True,
+            record=record,
+        )
+        self._playback = self.core.playback
+        self.clears = self.core.clears
+        self.marks_echoed = self.core.marks_echoed
+        self.played_per_mark = self.core.played_per_mark
+        self.media_after_clear = self.core.media_after_clear
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
-        # Held while computing and sending a batch of messages, so that sequence numbers and
-        # mark echoes leave in the order they were decided even when a send waits to drain.
+        # Held while sending a batch of messages the core decided. The core numbers them
+        # synchronously and the lock is FIFO, so they leave in the order they were decided even
+        # when a send waits to drain.
         self._send_lock = asyncio.Lock()
         self._stopping = False
         self._ended = False  # the socket is closed (by either side)
@@ -117,12 +110,12 @@ class TwilioCaller:
             max_size=2**22,
         )
         try:
-            await self._ws.send(self._messages.connected())
-            await self._ws.send(self._messages.start(self.custom_parameters))
+            for message in self.core.opening(self.custom_parameters):
+                await self._ws.send(message)
         except BaseException:
             await self._ws.close()
             raise
-        self.started_at = self._last_audio_end = asyncio.get_running_loop().time()
+        self.started_at = self.core.last_audio_end = asyncio.get_running_loop().time()
         self._runner = asyncio.create_task(self._run(), name=f"twilio-caller-{self.call_sid}")
         return self
 
@@ -148,7 +141,7 @@ class TwilioCaller:
             self._stopping = True
             async with self._send_lock:
                 with contextlib.suppress(ConnectionClosed):
-                    await self._ws.send(self._messages.stop())
+                    await self._ws.send(self.core.stop())
             await self._ws.close(1000)
         await self.wait_closed(self.close_timeout + 1.0)
 
@@ -175,21 +168,35 @@ class TwilioCaller:
 
     def say(self, audio_8k: npt.NDArray[np.floating[Any]]) -> None:
         """Queue float32 8 kHz audio for the microphone; it goes out in the next frames."""
-        data = to_ulaw(np.asarray(audio_8k, dtype=np.float32))
-        self._mic += data
-        self._mic_queued += len(data)
+        self._mic.say(to_ulaw(np.asarray(audio_8k, dtype=np.float32)))
 
     async def say_and_wait(self, audio_8k: npt.NDArray[np.floating[Any]]) -> None:
         """Queue audio and return once all of it is sent; ConnectionError if the call ends first."""
         self.say(audio_8k)
-        target = self._mic_queued
-        pending = target - self._mic_sent
-        await self._wait(lambda: self._mic_sent >= target, pending / RATE + 10.0, quiet_ok=False)
+        mic = self._mic
+        target = mic.queued
+        pending = target - mic.sent
+        await self._wait(lambda: mic.sent >= target, pending / RATE + 10.0, quiet_ok=False)
 
     @property
     def speaking(self) -> bool:
         """True while queued microphone audio has not been sent yet."""
-        return bool(self._mic)
+        return self._mic.speaking
+
+    @property
+    def frames_sent(self) -> int:
+        """Microphone frames sent."""
+        return self.core.frames_sent
+
+    @property
+    def frames_played(self) -> int:
+        """Ticks that played at least one byte of bridge audio."""
+        return self.core.frames_played
+
+    @property
+    def frames_dropped(self) -> int:
+        """Microphone frames skipped because the loop stalled for more than MAX_BURST ticks."""
+        return self.core.frames_dropped
 
     # -- playback observations -----------------------------------------------------------
 
@@ -206,7 +213,7 @@ class TwilioCaller:
         loop = asyncio.get_running_loop()
 
         def quiet() -> bool:
-            idle = loop.time() - self._last_audio_end
+            idle = loop.time() - self.core.last_audio_end
             return self._playback.buffered == 0 and idle >= seconds
 
         await self._wait(quiet, timeout, quiet_ok=True)
@@ -228,11 +235,11 @@ class TwilioCaller:
 
     def heard(self) -> npt.NDArray[np.float32]:
         """Everything the caller heard (silence when idle), float32 8 kHz from `started_at`."""
-        return np.asarray(from_ulaw(bytes(self._heard)), dtype=np.float32)
+        return np.asarray(from_ulaw(bytes(self.core.heard)), dtype=np.float32)
 
     def sent_audio(self) -> npt.NDArray[np.float32]:
         """What the microphone sent, on the same timeline as `heard()`."""
-        return np.asarray(from_ulaw(bytes(self._sent)), dtype=np.float32)
+        return np.asarray(from_ulaw(bytes(self.core.sent)), dtype=np.float32)
 
     def write_heard_wav(self, path: str | os.PathLike[str]) -> None:
         """Write `heard()` as an 8 kHz WAV file."""
@@ -295,65 +302,30 @@ class TwilioCaller:
     async def _pace(self) -> None:
         """Tick every 20 ms on an absolute schedule from `started_at`: no drift accumulates."""
         loop = asyncio.get_running_loop()
-        tick = 0
+        core = self.core
         try:
             while not (self._stopping or self._ended):
                 now = loop.time()
-                due = self.started_at + tick * FRAME_S
+                due = self.started_at + core.ticks * FRAME_S
                 if due > now:
                     await asyncio.sleep(due - now)
                     now = loop.time()
                     if self._stopping or self._ended:
                         return
-                overdue = int((now - self.started_at) / FRAME_S) - tick
-                while overdue > MAX_BURST:
+                for _ in range(frames_to_drop(self.started_at, now, core.ticks)):
                     # Playback keeps real time; the microphone frame is lost, not delayed.
-                    await self._tick(tick, now, send=False)
-                    tick += 1
-                    overdue -= 1
-                await self._tick(tick, now, send=True)
-                tick += 1
+                    await self._send_all(core.tick(now, send=False))
+                await self._send_all(core.tick(now))
         except ConnectionClosed:
             pass
 
-    async def _tick(self, tick: int, now: float, *, send: bool) -> None:
+    async def _send_all(self, messages: list[str]) -> None:
+        """Send what the core decided, in its order (a tick's messages go out together)."""
+        assert self._ws is not None
         async with self._send_lock:
-            played, echoes = self._playback.play(now)
-            if played:
-                self.frames_played += 1
-                self._last_audio_end = now + len(played) / RATE
-            frame = bytes(self._mic[:FRAME_BYTES])
-            del self._mic[:FRAME_BYTES]
-            self._mic_sent += len(frame)
-            if len(frame) < FRAME_BYTES:
-                frame += self._filler(tick)[len(frame) :]
-            if self.record:
-                self._heard += played
-                if len(played) < FRAME_BYTES:
-                    self._heard += SILENCE[len(played) :]
-                self._sent += frame if send else SILENCE
-            echo_messages = [self._echo(echo, now) for echo in echoes]
-            assert self._ws is not None
-            if send:
-                await self._ws.send(self._messages.media(tick + 1, tick * 20, frame))
-                self.frames_sent += 1
-            else:
-                self.frames_dropped += 1
-            for message in echo_messages:
+            for message in messages:
                 await self._ws.send(message)
         self._notify()
-
-    def _filler(self, tick: int) -> bytes:
-        if self._noise is None:
-            return SILENCE
-        offset = (tick * FRAME_BYTES) % len(self._noise)
-        return self._noise[offset : offset + FRAME_BYTES]
-
-    def _echo(self, echo: MarkEcho, now: float) -> str:
-        """Record a mark echo and build its message (call under the send lock)."""
-        self.marks_echoed.append((now, echo.name, echo.cleared))
-        self.played_per_mark[echo.name] = echo.played
-        return self._messages.mark(echo.name)
 
     async def _on_message(self, raw: str | bytes) -> None:
         now = asyncio.get_running_loop().time()
@@ -364,23 +336,11 @@ class TwilioCaller:
             return
         self.received.append((now, incoming.message))
         if incoming.event == "media":
-            self._playback.feed(incoming.audio, now)
-            if self._after_clear:
-                self.media_after_clear[-1] += len(incoming.audio)
-            return
-        async with self._send_lock:
-            if incoming.event == "mark":
-                self._after_clear = False
-                echoes = self._playback.mark(incoming.name)
-            else:
-                self.clears.append(now)
-                self.media_after_clear.append(0)
-                self._after_clear = True
-                echoes = self._playback.clear()
-            assert self._ws is not None
-            for echo in echoes:
-                await self._ws.send(self._echo(echo, now))
-        self._notify()
+            self.core.media(incoming.audio, now)
+        elif incoming.event == "mark":
+            await self._send_all(self.core.mark(incoming.name, now))
+        else:
+            await self._send_all(self.core.clear(now))
 
 
 def _comfort_noise(amplitude: float) -> bytes:

@@ -32,6 +32,7 @@ class StreamMessages:
         self.call_sid = call_sid
         self.sequence = 0
         self._sid_json = json.dumps(stream_sid)
+        self._media_head = f'","streamSid":{self._sid_json},"media":{{"track":"inbound","chunk":"'
 
     def _next(self) -> int:
         self.sequence += 1
@@ -61,12 +62,16 @@ class StreamMessages:
         )
 
     def media(self, chunk: int, timestamp_ms: int, audio: bytes) -> str:
-        """One inbound frame; formatted by hand because it is sent 50 times a second per call."""
-        payload = base64.b64encode(audio).decode("ascii")
+        """One inbound frame of µ-law `audio`."""
+        return self.media_payload(chunk, timestamp_ms, base64.b64encode(audio).decode("ascii"))
+
+    def media_payload(self, chunk: int, timestamp_ms: int, payload: str) -> str:
+        """One inbound frame, its audio already base64; formatted by hand from a prepared head
+        because every call sends it 50 times a second."""
+        self.sequence += 1
         return (
-            f'{{"event":"media","sequenceNumber":"{self._next()}","streamSid":{self._sid_json},'
-            f'"media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{timestamp_ms}",'
-            f'"payload":"{payload}"}}}}'
+            f'{{"event":"media","sequenceNumber":"{self.sequence}{self._media_head}{chunk}",'
+            f'"timestamp":"{timestamp_ms}","payload":"{payload}"}}}}'
         )
 
     def mark(self, name: str) -> str:
