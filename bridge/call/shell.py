@@ -163,6 +163,7 @@ class Call:
         return session
 
     async def _finish(self, reason: EndReason, detail: str) -> None:
+        self._tg = None  # closed: a late shutdown() has nothing left to start
         record = self.record
         record.ended_at = time.time()
         record.end_reason = reason
