@@ -4,7 +4,6 @@ each accepted only when signed with the auth token, over real sockets."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -17,9 +16,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
-from bridge import twilio
 from bridge.app import create_app
-from bridge.errors import ConfigError, ProtocolViolation
+from bridge.errors import ConfigError
 from bridge.record import EndReason, MemoryRecorder
 from bridge.server import serving
 from bridge.sim.realtime_server import RealtimeSimulator
@@ -296,7 +294,8 @@ async def test_a_stream_token_used_on_one_replica_is_refused_on_another(
     simulator: RealtimeSimulator, tmp_path: Path, backend: str
 ) -> None:
     """Each replica's in-process check passes a token it never saw; the call log's database,
-    which every replica shares, refuses the second use (`Bridge.claim_stream`)."""
+    which every replica shares, refuses the second use (`Bridge.claim_stream`), over real
+    streams: the replay is closed with 1008 before any Realtime session is opened for it."""
     async with database(backend, tmp_path) as url, contextlib.AsyncExitStack() as stack:
         replicas: list[RunningBridge] = []
         for n in range(2):
@@ -308,19 +307,33 @@ async def test_a_stream_token_used_on_one_replica_is_refused_on_another(
             replicas.append(RunningBridge(base, app, MemoryRecorder(), settings))
         first, second = replicas
         call_sid = new_sid()
-        _, params = await answer(first, call_sid)
-        start = twilio.Start(
-            "MZ" + "1" * 32, call_sid, "AC" + "0" * 32, params, "audio/x-mulaw", 8000
+        url, params = await answer(first, call_sid)
+        headers = {"X-Twilio-Signature": sign(url, {})}
+
+        def stream(replica: RunningBridge) -> TwilioCaller:
+            return TwilioCaller(
+                loopback_url(url, replica.base),
+                custom_parameters=params,
+                headers=headers,
+                call_sid=call_sid,
+            )
+
+        async with stream(first) as original:
+            await simulator.wait_for_session()
+            async with stream(second) as replay:  # that process never saw the token
+                await replay.wait_closed(timeout=5)
+            assert replay.close_code == 1008
+            await original.hangup()
+        assert len(simulator.sessions) == 1
+        # A fresh token from the other replica's webhook still opens its stream.
+        other_sid = new_sid()
+        other_url, other_params = await answer(second, other_sid)
+        fresh = TwilioCaller(
+            loopback_url(other_url, second.base),
+            custom_parameters=other_params,
+            headers={"X-Twilio-Signature": sign(other_url, {})},
+            call_sid=other_sid,
         )
-        first.state.profile_for(start)
-        await first.state.claim_stream(start)
-        second.state.profile_for(start)  # this process never saw the token
-        with pytest.raises(ProtocolViolation, match="already used"):
-            await second.state.claim_stream(start)
-        with pytest.raises(ProtocolViolation, match="already used"):
-            first.state.profile_for(start)
-        other = twilio.Start("MZ" + "2" * 32, new_sid(), "AC" + "0" * 32, {}, "audio/x-mulaw", 8000)
-        _, other_params = await answer(second, other.call_sid)
-        other = dataclasses.replace(other, custom_parameters=other_params)
-        second.state.profile_for(other)
-        await second.state.claim_stream(other)  # a fresh token still passes
+        async with fresh:
+            await simulator.wait_for_session(index=1)  # its Realtime session opens
+            await fresh.hangup()
