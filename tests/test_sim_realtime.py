@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import time
 import typing
 from collections.abc import AsyncIterator
@@ -856,3 +857,38 @@ def test_state_machine_manual_commit_without_vad() -> None:
     ]
     for event in events:
         GA_SERVER.validate_python(event)
+
+
+def _conversation(state: RealtimeSessionState, *, serialised: bool) -> list[dict[str, Any]]:
+    """A spoken turn through `handle` (or the lean `append_audio`), then the whole reply paced
+    by `advance` (or `advance_serialised`), as the events a client would parse."""
+    out = list(state.handle({"type": "session.update", "session": {"type": "realtime"}}))
+    speech = signals.to_pcm16(signals.tone(440.0, 0.4, RATE))
+    silence = bytes(RATE // 50 * 2)
+    frames = [speech[i : i + len(silence)] for i in range(0, len(speech), len(silence))]
+    for pcm in frames + [silence] * 40:
+        if serialised:
+            out += state.append_audio(pcm)
+        else:
+            audio = base64.b64encode(pcm).decode()
+            out += state.handle({"type": "input_audio_buffer.append", "audio": audio})
+    while state.response is not None:
+        if serialised:
+            out += [json.loads(text) for text in state.advance_serialised()]
+        else:
+            out += state.advance()
+    return out
+
+
+def test_lean_append_and_serialised_deltas_are_the_same_protocol() -> None:
+    config = SimConfig(reply_audio=lambda turn: signals.tone(1000.0, 0.5, RATE), reply_turns=1)
+    full = _conversation(RealtimeSessionState(config), serialised=False)
+    lean = _conversation(RealtimeSessionState(config), serialised=True)
+    assert "response.output_audio.delta" in {e["type"] for e in full}
+    assert [e["type"] for e in lean] == [e["type"] for e in full]
+    ids = re.compile(r'"(sess|item|resp|event)_[0-9a-f]+"')  # random per session
+    for a, b in zip(full, lean, strict=True):
+        assert json.loads(ids.sub(r'"\1"', json.dumps(a))) == json.loads(
+            ids.sub(r'"\1"', json.dumps(b))
+        )
+        GA_SERVER.validate_python(b)
