@@ -83,6 +83,16 @@ class CallRecord:
         end = self.ended_at if self.ended_at is not None else time.time()
         return max(0.0, end - self.started_at)
 
+    def summary(self) -> str:
+        """The end-of-call log line: reason, duration and the counters (no numbers, no text)."""
+        detail = f" detail={self.end_detail!r}" if self.end_detail else ""
+        return (
+            f"reason={self.end_reason} duration={self.duration:.1f}s frames_in={self.frames_in} "
+            f"frames_out={self.frames_out} barge_ins={self.barge_ins} "
+            f"text_only_recoveries={self.text_only_recoveries} "
+            f"protocol_errors={self.protocol_errors}{detail}"
+        )
+
     def add_usage(self, usage: dict[str, Any]) -> None:
         """Sum token counts from `response.done`, flattening the per-kind details."""
         for key, value in usage.items():

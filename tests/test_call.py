@@ -13,7 +13,7 @@ import websockets
 
 from bridge import fastws
 from bridge.audio import FRAME_BYTES, CallerToModel
-from bridge.call.shell import MAX_FRAMES_PER_APPEND
+from bridge.call.sockets import MAX_FRAMES_PER_APPEND
 from bridge.record import EndReason
 from bridge.settings import AudioMode
 from bridge.sim.analysis import active_segments, dominant_frequency, snr_db

@@ -46,9 +46,7 @@ from bridge.upstream import open_session
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
 FINALISE_TIMEOUT = 2.0
-MAX_FRAMES_PER_APPEND = 10  # when behind, up to 200 ms of caller audio in one append
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,7 +87,7 @@ class Call:
     async def _run(self) -> CallRecord:
         reason, detail = EndReason.INTERNAL_ERROR, ""
         try:
-            start = await self._await_start()
+            start = await self._caller.wait_for_start(self.record)
             session = await self._begin(start)
             async with open_session(self._services.settings, session.profile.model) as upstream:
                 model = self._model = ModelSocket(upstream)
@@ -99,7 +97,9 @@ class Call:
                     tg.create_task(model.writer.run(), name="to_model")
                     tg.create_task(self._watch_end(), name="end")
                     timer = session.timer
-                    tg.create_task(self._timers.run(lambda now: self._apply(timer(now))))
+                    tg.create_task(
+                        self._timers.run(lambda now: self._apply(timer(now))), name="timers"
+                    )
                     self._apply(session.open(self._loop.time()))
                     if self._goodbye is not None:
                         self._apply(session.shutdown(self._goodbye, self._loop.time()))
@@ -123,22 +123,6 @@ class Call:
         finally:
             await self._finish(reason, detail)
         return self.record
-
-    async def _await_start(self) -> twilio.Start:
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                while True:
-                    message = await self._caller.receive()
-                    if isinstance(message, twilio.Start):
-                        return message
-                    if not isinstance(message, twilio.Connected):
-                        # Counted only: there is no session yet to keep it.
-                        self.record.protocol_errors += 1
-                        metrics.protocol_error("twilio")
-                        what = getattr(message, "detail", f"{type(message).__name__} before start")
-                        logger.warning("bad Twilio message: %s", what)
-        except TimeoutError:
-            raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
 
     async def _begin(self, start: twilio.Start) -> CallSession:
         claim = self._services.claim_stream
@@ -181,18 +165,7 @@ class Call:
         metrics.call_ended(reason, record.duration)
         if session is not None:
             self._services.recorder.call_ended(record)
-        logger.info(
-            "call ended reason=%s duration=%.1fs frames_in=%d frames_out=%d barge_ins=%d "
-            "text_only_recoveries=%d protocol_errors=%d%s",
-            reason,
-            record.duration,
-            record.frames_in,
-            record.frames_out,
-            record.barge_ins,
-            record.text_only_recoveries,
-            record.protocol_errors,
-            f" detail={detail!r}" if detail else "",
-        )
+        logger.info("call ended %s", record.summary())
 
     @property
     def profile(self) -> Profile | None:
@@ -272,7 +245,7 @@ class Call:
                 payload, frames, following = message.payload, 1, None
                 if backlog is not None and backlog():
                     # Behind: frames have piled up. Send them in one append, not one each.
-                    payload, frames, following = await self._gather_backlog(payload, backlog)
+                    payload, frames, following = await self._caller.gather_backlog(payload)
                 timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
                 started = time.perf_counter() if timed else 0.0
                 model.writer.write((session.caller_audio(payload, frames),))
@@ -319,19 +292,6 @@ class Call:
         if timed:
             metrics.ADDED_LATENCY_CALLER_TO_MODEL.record(time.perf_counter() - started)
         return True
-
-    async def _gather_backlog(
-        self, payload: bytes, backlog: Callable[[], int]
-    ) -> tuple[bytes, int, twilio.TwilioMessage | BadMessage | None]:
-        """Media frames already queued behind `payload`, joined, and how many; then the first
-        other message, if that is what ended the run."""
-        parts = [payload]
-        while backlog() and len(parts) < MAX_FRAMES_PER_APPEND:
-            message = await self._caller.receive()  # queued: returns without waiting
-            if not isinstance(message, twilio.Media):
-                return b"".join(parts), len(parts), message
-            parts.append(message.payload)
-        return b"".join(parts), len(parts), None
 
     # ---- model -> caller -----------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ connection (with the direct writer when the shortcuts are on).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncGenerator
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -20,7 +22,12 @@ from bridge import fastws, metrics, realtime, twilio
 from bridge.call.effects import CallEnded
 from bridge.call.writers import OrderedWriter
 from bridge.errors import ProtocolViolation
-from bridge.record import EndReason
+from bridge.record import CallRecord, EndReason
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0  # Twilio sends `start` right after connecting
+MAX_FRAMES_PER_APPEND = 10  # when behind, up to 200 ms of caller audio in one append
 
 # Twilio closes the call's <Connect> when we close the socket; the code tells our logs why.
 CLOSE_CODES = {
@@ -51,6 +58,23 @@ class CallerSocket:
             stalled=lambda: CallEnded(EndReason.CALLER_DISCONNECTED, "Twilio stopped reading"),
         )
 
+    async def wait_for_start(self, record: CallRecord) -> twilio.Start:
+        """Twilio's `start` (after `connected`); anything else before it is only counted on
+        `record`, since there is no session yet to keep it."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while True:
+                    message = await self.receive()
+                    if isinstance(message, twilio.Start):
+                        return message
+                    if not isinstance(message, twilio.Connected):
+                        record.protocol_errors += 1
+                        metrics.protocol_error("twilio")
+                        what = getattr(message, "detail", f"{type(message).__name__} before start")
+                        logger.warning("bad Twilio message: %s", what)
+        except TimeoutError:
+            raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
+
     async def receive(self) -> twilio.TwilioMessage | BadMessage:
         """The next message; a disconnect or a `start` we cannot serve ends the call.
 
@@ -69,6 +93,20 @@ class CallerSocket:
             raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
         except ProtocolViolation as exc:
             return BadMessage(exc.detail)
+
+    async def gather_backlog(
+        self, payload: bytes
+    ) -> tuple[bytes, int, twilio.TwilioMessage | BadMessage | None]:
+        """Media frames already queued behind `payload` (the server protocol's backlog), joined,
+        and how many; then the first other message, if that is what ended the run."""
+        backlog = self.shortcuts.backlog
+        parts = [payload]
+        while backlog is not None and backlog() and len(parts) < MAX_FRAMES_PER_APPEND:
+            message = await self.receive()  # queued: returns without waiting
+            if not isinstance(message, twilio.Media):
+                return b"".join(parts), len(parts), message
+            parts.append(message.payload)
+        return b"".join(parts), len(parts), None
 
     async def close(self, reason: EndReason) -> None:
         ws = self._ws
