@@ -21,6 +21,7 @@ from bridge.settings import AudioMode
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 PCMU_FORMAT: dict[str, Any] = {"type": "audio/pcmu"}
 AUDIO_ONLY = ["audio"]
+REQUEST_METADATA = "bridge_request"  # response metadata key: which response.create this answers
 
 # Beta names some Realtime-compatible servers still send, mapped to their GA names.
 BETA_NAMES = {
@@ -102,10 +103,13 @@ def input_audio_append(audio: bytes) -> str:
 def response_create(
     instructions: str | None = None, *, event_id: str | None = None
 ) -> dict[str, Any]:
-    """Every response we ask for asks for audio, whatever the session says."""
+    """Every response we ask for asks for audio, whatever the session says. Its `event_id`
+    travels in the response's metadata, so `response.created` says which request it answers."""
     response: dict[str, Any] = {"output_modalities": list(AUDIO_ONLY)}
     if instructions:
         response["instructions"] = instructions
+    if event_id is not None:
+        response["metadata"] = {REQUEST_METADATA: event_id}
     return _with_id({"type": "response.create", "response": response}, event_id)
 
 
@@ -181,6 +185,7 @@ class InputTranscript:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResponseCreated:
     response_id: str
+    request: str | None = None  # the `event_id` of our `response.create`, echoed in metadata
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -285,7 +290,12 @@ def _input_transcript(data: dict[str, Any], kind: str) -> InputTranscript:
 
 
 def _response_created(data: dict[str, Any], kind: str) -> ResponseCreated:
-    return ResponseCreated(response_id=str(data["response"]["id"]))
+    response = data["response"]
+    metadata = response.get("metadata")
+    request = metadata.get(REQUEST_METADATA) if isinstance(metadata, dict) else None
+    return ResponseCreated(
+        response_id=str(response["id"]), request=request if isinstance(request, str) else None
+    )
 
 
 def _response_done(data: dict[str, Any], kind: str) -> ResponseDone:

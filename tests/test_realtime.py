@@ -66,6 +66,18 @@ def test_every_client_builder_validates() -> None:
     assert realtime.item_truncate("i", -5)["audio_end_ms"] == 0
 
 
+def test_a_response_names_the_request_it_answers() -> None:
+    """Our `event_id` rides in the response's metadata and comes back in `response.created`."""
+    create = realtime.response_create("Say hi", event_id="bridge_7")
+    assert create["response"]["metadata"] == {"bridge_request": "bridge_7"}
+    response: dict[str, Any] = {"id": "resp_1"}
+    created = {"type": "response.created", "event_id": "ev", "response": response}
+    assert realtime.parse_server_event(json.dumps(created)) == realtime.ResponseCreated("resp_1")
+    response["metadata"] = create["response"]["metadata"]
+    parsed = realtime.parse_server_event(json.dumps(created))
+    assert parsed == realtime.ResponseCreated("resp_1", request="bridge_7")
+
+
 def test_strict_validation_rejects_beta_shape() -> None:
     from pydantic import ValidationError
 

@@ -331,6 +331,26 @@ def test_goodbye_at_the_drain_deadline_while_the_assistant_talks_is_heard_before
     ]
 
 
+def test_a_vad_reply_crossing_the_goodbye_request_is_told_apart_by_metadata() -> None:
+    """The caller's VAD reply starts just as our goodbye is sent: the service names the request
+    each response answers (in its metadata), so the VAD reply is cancelled and unheard, and the
+    goodbye that collided with it is sent again after it."""
+    session, effects = new_session(Profile(**{**_fields(PROFILE), "greeting": "Hi"}))
+    greeting = model_events(effects)[1]["event_id"]
+    session.model_event(realtime.ResponseCreated("r0", request=greeting), 0.0)
+    session.model_event(done("r0", audio_item("i0")), 0.5)
+    (create,) = model_events(session.shutdown("Goodbye!", 1.0))
+    vad = session.model_event(realtime.ResponseCreated("r_vad", request=None), 1.01)
+    assert model_types(vad) == ["response.cancel"]
+    assert caller_events(session.model_event(delta("i9", "r_vad", 500), 1.02)) == []
+    conflict = error("conversation_already_has_active_response", create["event_id"])
+    assert session.model_event(conflict, 1.02) == []
+    again = session.model_event(done("r_vad", status="cancelled"), 1.1)
+    assert model_events(again) == [create]
+    session.model_event(realtime.ResponseCreated("r1", request=create["event_id"]), 1.2)
+    assert caller_events(session.model_event(delta("i1", "r1", 500), 1.2)) == ["media", "mark"]
+
+
 def test_the_caller_cannot_talk_over_the_goodbye_and_no_new_reply_starts() -> None:
     session, _ = new_session()
     session.shutdown("Goodbye!", 0.0)

@@ -17,7 +17,7 @@ RECENT_CREATES = 16  # requests remembered for matching an error to the create t
 class Responses:
     """Which response runs, which of ours wait, and which were dropped."""
 
-    __slots__ = ("_own_pending", "_queued", "_recent", "active", "dropped", "response_id")
+    __slots__ = ("_echoes", "_in_flight", "_queued", "_recent", "active", "dropped", "response_id")
 
     def __init__(self) -> None:
         self.active = False
@@ -25,30 +25,41 @@ class Responses:
         self.dropped: set[str] = set()
         self._queued: collections.deque[dict[str, Any]] = collections.deque()
         self._recent: dict[str, dict[str, Any]] = {}
-        self._own_pending = 0  # creates sent whose `response.created` has not arrived yet
+        # Creates sent whose `response.created` has not arrived yet, oldest first.
+        self._in_flight: dict[str, None] = {}
+        self._echoes = False  # the service echoes our request ids in response metadata
 
     @property
     def idle(self) -> bool:
         """Nothing runs, nothing of ours is on its way or waiting."""
-        return not self.active and not self._queued and self._own_pending == 0
+        return not self.active and not self._queued and not self._in_flight
 
     def request(self, create: dict[str, Any]) -> dict[str, Any] | None:
         """A `response.create` we want sent: returned if it may go now, else queued."""
         self._recent[create["event_id"]] = create
         if len(self._recent) > RECENT_CREATES:
             self._recent.pop(next(iter(self._recent)))
-        if self.active or self._own_pending:
+        if self.active or self._in_flight:
             self._queued.append(create)
             return None
-        self._own_pending += 1
+        self._in_flight[create["event_id"]] = None
         return create
 
-    def created(self, response_id: str) -> bool:
-        """`response.created`: True if it answers one of our requests (else the service's own)."""
+    def created(self, response_id: str, request: str | None) -> bool:
+        """`response.created`: True if it answers one of our requests (else the service's own,
+        e.g. server VAD's). `request` is the create's `event_id` the service echoed in the
+        response's metadata. Until the service has echoed one, a response without it is taken
+        to answer the oldest request in flight; after that, a response without it is not ours."""
         self.active = True
         self.response_id = response_id
-        if self._own_pending:
-            self._own_pending -= 1
+        if request is not None:
+            self._echoes = True
+            if request in self._in_flight:
+                del self._in_flight[request]
+                return True
+            return False
+        if self._in_flight and not self._echoes:
+            del self._in_flight[next(iter(self._in_flight))]
             return True
         return False
 
@@ -65,7 +76,7 @@ class Responses:
         create = self._recent.pop(event_id or "", None)
         if create is None:
             return None
-        self._own_pending = max(0, self._own_pending - 1)
+        self._in_flight.pop(create["event_id"], None)
         if conflict:
             self._queued.appendleft(create)
         return None if self.active else self._next()
@@ -82,7 +93,8 @@ class Responses:
         return True
 
     def _next(self) -> dict[str, Any] | None:
-        if self.active or self._own_pending or not self._queued:
+        if self.active or self._in_flight or not self._queued:
             return None
-        self._own_pending += 1
-        return self._queued.popleft()
+        create = self._queued.popleft()
+        self._in_flight[create["event_id"]] = None
+        return create

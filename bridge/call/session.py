@@ -181,7 +181,7 @@ class CallSession:
                 turn.text = event.transcript
                 out.append(TurnChanged(turn))
         elif isinstance(event, realtime.ResponseCreated):
-            ours = self._responses.created(event.response_id)
+            ours = self._responses.created(event.response_id, event.request)
             if not ours and self._closing is not Closing.NO:
                 # The caller spoke during the goodbye and server VAD started a reply: not now.
                 self._responses.drop_running()
