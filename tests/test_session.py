@@ -25,6 +25,7 @@ from bridge.call.effects import (
     TurnChanged,
     Wake,
 )
+from bridge.call.responses import ANSWER_TIMEOUT
 from bridge.call.session import GOODBYE_TIMEOUT, MAX_PROTOCOL_ERRORS, TTS_CHUNK_BYTES, CallSession
 from bridge.profiles import Profile
 from bridge.record import CallRecord, EndReason
@@ -365,11 +366,39 @@ def test_the_caller_cannot_talk_over_the_goodbye_and_no_new_reply_starts() -> No
     assert caller_events(session.model_event(delta("i9", "r_vad", 500), 0.5)) == []
 
 
-def test_goodbye_without_an_answer_ends_at_its_timeout() -> None:
+def test_goodbye_request_without_an_answer_is_given_up_and_the_call_ends() -> None:
     session, _ = new_session()
     session.shutdown("Goodbye!", 0.0)
-    assert session.timer(GOODBYE_TIMEOUT - 1) == []
+    assert session.timer(ANSWER_TIMEOUT - 1) == []
+    gave_up = session.timer(ANSWER_TIMEOUT)
+    assert [e.event.kind for e in gave_up if isinstance(e, Noted)] == [
+        "response_request_unanswered"
+    ]
+    (wake,) = [e for e in gave_up if isinstance(e, Wake)]
+    assert ends(session.timer(wake.at))[0].reason is EndReason.SERVER_SHUTDOWN
+
+
+def test_goodbye_that_never_finishes_ends_at_its_timeout() -> None:
+    session, _ = new_session()
+    session.shutdown("Goodbye!", 0.0)
+    session.model_event(realtime.ResponseCreated("r1"), 0.1)
+    session.model_event(delta("i1", "r1", 500), 0.2)  # ... and nothing more, ever
+    assert ends(session.timer(GOODBYE_TIMEOUT - 1)) == []
     assert ends(session.timer(GOODBYE_TIMEOUT))[0].reason is EndReason.SERVER_SHUTDOWN
+
+
+def test_an_unanswered_request_does_not_hold_the_queue_behind_it() -> None:
+    session, _ = new_session()
+    session.model_event(realtime.ResponseCreated("r1"), 0.0)
+    reask = session.model_event(done("r1", text_only("t1")), 0.5)
+    assert model_types(reask) == ["conversation.item.delete", "response.create"]
+    assert Wake(0.5 + ANSWER_TIMEOUT) in reask
+    stop = session.shutdown("Goodbye!", 1.0)  # waits behind the re-ask, which is never answered
+    assert "response.create" not in model_types(stop)
+    assert session.timer(0.5 + ANSWER_TIMEOUT - 0.1) == []
+    moved_on = session.timer(0.5 + ANSWER_TIMEOUT)
+    (goodbye,) = model_events(moved_on)
+    assert '"Goodbye!"' in goodbye["response"]["instructions"]
 
 
 def test_goodbye_that_comes_back_as_text_is_spoken_before_the_end() -> None:

@@ -12,6 +12,8 @@ import collections
 from typing import Any
 
 RECENT_CREATES = 16  # requests remembered for matching an error to the create that caused it
+# A request neither started nor refused by then is given up, so the queue behind it moves on.
+ANSWER_TIMEOUT = 10.0
 
 
 class Responses:
@@ -25,8 +27,9 @@ class Responses:
         self.dropped: set[str] = set()
         self._queued: collections.deque[dict[str, Any]] = collections.deque()
         self._recent: dict[str, dict[str, Any]] = {}
-        # Creates sent whose `response.created` has not arrived yet, oldest first.
-        self._in_flight: dict[str, None] = {}
+        # Creates sent whose `response.created` has not arrived yet, oldest first: when each
+        # is given up.
+        self._in_flight: dict[str, float] = {}
         self._echoes = False  # the service echoes our request ids in response metadata
 
     @property
@@ -34,16 +37,13 @@ class Responses:
         """Nothing runs, nothing of ours is on its way or waiting."""
         return not self.active and not self._queued and not self._in_flight
 
-    def request(self, create: dict[str, Any]) -> dict[str, Any] | None:
+    def request(self, create: dict[str, Any], now: float) -> dict[str, Any] | None:
         """A `response.create` we want sent: returned if it may go now, else queued."""
         self._recent[create["event_id"]] = create
         if len(self._recent) > RECENT_CREATES:
             self._recent.pop(next(iter(self._recent)))
-        if self.active or self._in_flight:
-            self._queued.append(create)
-            return None
-        self._in_flight[create["event_id"]] = None
-        return create
+        self._queued.append(create)
+        return self._next(now)
 
     def created(self, response_id: str, request: str | None) -> bool:
         """`response.created`: True if it answers one of our requests (else the service's own,
@@ -63,14 +63,14 @@ class Responses:
             return True
         return False
 
-    def done(self, response_id: str) -> dict[str, Any] | None:
+    def done(self, response_id: str, now: float) -> dict[str, Any] | None:
         """`response.done`: the next queued request to send now, if any."""
         self.active = False
         self.response_id = None
         self.dropped.discard(response_id)
-        return self._next()
+        return self._next(now)
 
-    def refused(self, event_id: str | None, *, conflict: bool) -> dict[str, Any] | None:
+    def refused(self, event_id: str | None, now: float, *, conflict: bool) -> dict[str, Any] | None:
         """An error answered one of our requests. A conflict is queued again behind the running
         response; the next queued request is returned if it may go now."""
         create = self._recent.pop(event_id or "", None)
@@ -79,7 +79,15 @@ class Responses:
         self._in_flight.pop(create["event_id"], None)
         if conflict:
             self._queued.appendleft(create)
-        return None if self.active else self._next()
+        return self._next(now)
+
+    def expire(self, now: float) -> tuple[list[str], dict[str, Any] | None]:
+        """Requests unanswered for `ANSWER_TIMEOUT` are given up: their ids, and the next
+        queued request to send now, if any."""
+        expired = [event_id for event_id, until in self._in_flight.items() if until <= now]
+        for event_id in expired:
+            del self._in_flight[event_id]
+        return expired, self._next(now) if expired else None
 
     def is_ours(self, event_id: str | None) -> bool:
         return (event_id or "") in self._recent
@@ -92,9 +100,9 @@ class Responses:
         self.dropped.add(self.response_id)
         return True
 
-    def _next(self) -> dict[str, Any] | None:
+    def _next(self, now: float) -> dict[str, Any] | None:
         if self.active or self._in_flight or not self._queued:
             return None
         create = self._queued.popleft()
-        self._in_flight[create["event_id"]] = None
+        self._in_flight[create["event_id"]] = now + ANSWER_TIMEOUT
         return create

@@ -32,7 +32,7 @@ from bridge.call.effects import (
     TurnChanged,
     Wake,
 )
-from bridge.call.responses import Responses
+from bridge.call.responses import ANSWER_TIMEOUT, Responses
 from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
 from bridge.record import CallEvent, CallRecord, EndReason, Turn
@@ -93,7 +93,7 @@ class CallSession:
         """The model's socket is open: configure the session, greet, arm the call's deadline."""
         out: list[Effect] = [ToModel(realtime.session_update(self.profile)), Wake(self._deadline)]
         if self.profile.greeting:
-            self._request_response(out, self.profile.greeting)
+            self._request_response(out, now, self.profile.greeting)
         return out
 
     def caller_audio(self, payload: bytes, frames: int) -> str:
@@ -207,6 +207,13 @@ class CallSession:
         elif self._closing is not Closing.NO and now >= self._goodbye_until:
             logger.warning("goodbye did not finish in %.0fs", GOODBYE_TIMEOUT)
             self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+        else:
+            expired, following = self._responses.expire(now)
+            for event_id in expired:
+                logger.warning("response.create %s went unanswered; sending what waits", event_id)
+                self._note(out, now, "response_request_unanswered", event_id=event_id)
+            self._send_create(out, now, following)
+            self._maybe_goodbye_heard(out, now)
         return out
 
     def shutdown(self, goodbye: str, now: float) -> list[Effect]:
@@ -225,7 +232,7 @@ class CallSession:
         self._goodbye_until = now + GOODBYE_TIMEOUT
         out.append(Wake(self._goodbye_until))
         self._barge_in(out, now, by_caller=False)
-        self._request_response(out, goodbye)
+        self._request_response(out, now, goodbye)
         return out
 
     def speech_ready(self, request: int, pcm: bytes, text: str, now: float) -> list[Effect]:
@@ -366,17 +373,21 @@ class CallSession:
 
     # ---- responses and the spoken-reply guarantee ----------------------------------------------
 
-    def _request_response(self, out: list[Effect], say: str | None = None) -> None:
+    def _request_response(self, out: list[Effect], now: float, say: str | None = None) -> None:
         """`response.create` (saying `say` exactly, if given), queued behind a running one."""
         instructions = realtime.say_exactly(self.profile.instructions, say) if say else None
         create = realtime.response_create(instructions, event_id=self._next_id())
-        ready = self._responses.request(create)
-        if ready is not None:
-            out.append(ToModel(ready))
+        self._send_create(out, now, self._responses.request(create, now))
+
+    def _send_create(self, out: list[Effect], now: float, create: dict[str, Any] | None) -> None:
+        """Send a `response.create` the queue released, and check back if it goes unanswered."""
+        if create is not None:
+            out.append(ToModel(create))
+            out.append(Wake(now + ANSWER_TIMEOUT))
 
     def _on_response_done(self, out: list[Effect], done: realtime.ResponseDone, now: float) -> None:
         dropped = done.response_id in self._responses.dropped
-        following = self._responses.done(done.response_id)
+        following = self._responses.done(done.response_id, now)
         if not dropped:
             self._end_item(out, now)
         self.record.add_usage(done.usage)
@@ -389,8 +400,7 @@ class CallSession:
         action = self._guarantee.response_done(done, audio_seen=audio_seen)
         if action is not None:
             self._recover(out, now, action.recovery, action.text, action.delete_items)
-        if following is not None:
-            out.append(ToModel(following))
+        self._send_create(out, now, following)
 
     def _recover(
         self,
@@ -411,7 +421,7 @@ class CallSession:
             for item_id in delete_items:
                 out.append(ToModel(realtime.item_delete(item_id, event_id=self._next_id())))
             self._guarantee.reask_sent()
-            self._request_response(out, text)
+            self._request_response(out, now, text)
         else:
             request = next(self._speech_ids)
             self._speaking.add(request)
@@ -423,9 +433,8 @@ class CallSession:
             return
         conflict = error.code == "conversation_already_has_active_response"
         if self._responses.is_ours(error.event_id):
-            following = self._responses.refused(error.event_id, conflict=conflict)
-            if following is not None:
-                out.append(ToModel(following))
+            following = self._responses.refused(error.event_id, now, conflict=conflict)
+            self._send_create(out, now, following)
             if conflict:
                 return  # sent again after the running response
         metrics.realtime_error("server_error")
