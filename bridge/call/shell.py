@@ -155,10 +155,12 @@ class Call:
         session = self._session
         if session is not None:
             session.finish(self._loop.time())
+        if reason is EndReason.SERVER_SHUTDOWN or reason is EndReason.MAX_DURATION:
+            with contextlib.suppress(TimeoutError):  # the goodbye's last words, if still queued
+                async with asyncio.timeout(FINALISE_TIMEOUT):
+                    await self._caller.writer.flush()
         try:
             async with asyncio.timeout(FINALISE_TIMEOUT):
-                if reason is EndReason.SERVER_SHUTDOWN or reason is EndReason.MAX_DURATION:
-                    await self._caller.writer.flush()  # the goodbye's last words
                 await self._caller.close(reason)
         except TimeoutError:
             logger.warning("closing the Twilio socket timed out")
