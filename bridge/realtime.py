@@ -131,6 +131,12 @@ def item_truncate(
     )
 
 
+def user_text(text: str, *, event_id: str | None = None) -> dict[str, Any]:
+    """`conversation.item.create` of a user message holding `text` (e.g. keypad digits)."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return _with_id({"type": "conversation.item.create", "item": item}, event_id)
+
+
 def item_delete(item_id: str, *, event_id: str | None = None) -> dict[str, Any]:
     return _with_id({"type": "conversation.item.delete", "item_id": item_id}, event_id)
 

@@ -467,3 +467,29 @@ async def test_greeting_is_spoken_before_the_caller_says_anything(
     assert session.received[0][1]["type"] == "session.update"
     assert caller.frames_sent < 150  # heard within a few seconds, the caller silent throughout
     assert_ga_events(session)
+
+
+async def test_keypad_digits_reach_the_model_and_get_a_spoken_reply(
+    bridge: RunningBridge, simulator: RealtimeSimulator
+) -> None:
+    """A run of keys ended by `#` reaches the model as one user message within 200 ms, a run
+    ended by 2 s without a key a little after that, and each gets a reply the caller hears."""
+    async with bridge.call() as caller:
+        session = await simulator.wait_for_session()
+        await session.wait_for_received("session.update")
+        loop = asyncio.get_running_loop()
+        await caller.press("123#")
+        pressed = loop.time()
+        item = await session.wait_for_received("conversation.item.create", timeout=2)
+        assert loop.time() - pressed < 0.2
+        assert item["item"]["content"][0]["text"].endswith(": 123)")
+        await session.wait_for_received("response.create", timeout=2)
+        await caller.wait_for_playback(0.5, timeout=10)
+        await caller.press("42")
+        pressed = loop.time()
+        item = await session.wait_for_received("conversation.item.create", 2, timeout=5)
+        assert 2.0 <= loop.time() - pressed < 2.3
+        assert item["item"]["content"][0]["text"].endswith(": 42)")
+        await caller.hangup()
+    record = await bridge.finished(caller.call_sid)
+    assert [e.detail["digit"] for e in record.events if e.kind == "dtmf"] == list("123#42")

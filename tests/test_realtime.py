@@ -58,6 +58,7 @@ def test_every_client_builder_validates() -> None:
         realtime.response_cancel(event_id="e2"),
         realtime.item_truncate("item_1", 1234, event_id="e3"),
         realtime.item_delete("item_1"),
+        realtime.user_text("(keypad: 1234)", event_id="e4"),
         json.loads(realtime.input_audio_append(b"\x00\x01" * 10)),
     ]
     for event in events:

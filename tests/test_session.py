@@ -26,7 +26,13 @@ from bridge.call.effects import (
     Wake,
 )
 from bridge.call.responses import ANSWER_TIMEOUT
-from bridge.call.session import GOODBYE_TIMEOUT, MAX_PROTOCOL_ERRORS, TTS_CHUNK_BYTES, CallSession
+from bridge.call.session import (
+    DIGIT_GAP,
+    GOODBYE_TIMEOUT,
+    MAX_PROTOCOL_ERRORS,
+    TTS_CHUNK_BYTES,
+    CallSession,
+)
 from bridge.profiles import Profile
 from bridge.record import CallRecord, EndReason
 from bridge.settings import AudioMode
@@ -300,6 +306,51 @@ def test_speech_that_keeps_failing_gives_up_instead_of_a_silent_line() -> None:
         if ends(effects):
             break
     assert ends(effects) == [EndCall(EndReason.NO_AUDIO, "replies keep arriving without audio")]
+
+
+# ---- the keypad ------------------------------------------------------------------------------
+
+
+def keypad_text(effects: list[Effect]) -> list[str]:
+    return [
+        event["item"]["content"][0]["text"]
+        for event in model_events(effects)
+        if event["type"] == "conversation.item.create"
+    ]
+
+
+def test_digits_ended_by_pound_reach_the_model_as_one_message_at_once() -> None:
+    session, _ = new_session()
+    for n, key in enumerate("123"):
+        pressed = session.caller_message(twilio.Dtmf(key), n * 0.3)
+        assert model_types(pressed) == []
+    effects = session.caller_message(twilio.Dtmf("#"), 1.0)
+    (text,) = keypad_text(effects)
+    assert text.endswith(": 123)")
+    assert model_types(effects) == ["conversation.item.create", "response.create"]
+    assert [e.event.detail["digit"] for e in effects if isinstance(e, Noted)] == ["#"]
+    assert session.timer(3.0) == []  # the run was sent: its gap timer finds nothing
+
+
+def test_digits_end_after_two_seconds_without_a_key() -> None:
+    session, _ = new_session()
+    session.caller_message(twilio.Dtmf("4"), 0.0)
+    pressed = session.caller_message(twilio.Dtmf("2"), 0.5)
+    assert Wake(0.5 + DIGIT_GAP) in pressed
+    assert session.timer(0.5 + DIGIT_GAP - 0.01) == []
+    effects = session.timer(0.5 + DIGIT_GAP)
+    assert [t[-3:] for t in keypad_text(effects)] == ["42)"]
+    assert model_types(effects)[-1] == "response.create"
+
+
+def test_keypad_odds_and_ends() -> None:
+    session, _ = new_session()
+    assert keypad_text(session.caller_message(twilio.Dtmf("#"), 0.0)) == []  # nothing to send
+    session.caller_message(twilio.Dtmf("x"), 0.1)
+    assert session.record.protocol_errors == 1
+    session.shutdown("Goodbye!", 0.2)
+    session.caller_message(twilio.Dtmf("5"), 0.3)
+    assert keypad_text(session.caller_message(twilio.Dtmf("#"), 0.4)) == []  # saying goodbye
 
 
 # ---- the goodbye -----------------------------------------------------------------------------

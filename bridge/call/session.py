@@ -44,6 +44,8 @@ MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: h
 LOGGED_PROTOCOL_ERRORS = 5  # the first few are logged and kept; the rest only counted
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # fallback speech goes out a second at a time, each marked
 GOODBYE_TIMEOUT = 15.0  # a shutdown goodbye is short; never hold the drain longer than this
+DIGIT_GAP = 2.0  # a run of keypad digits ends with `#` or this long without another key
+KEYS = frozenset("0123456789*#")
 
 
 class Closing(enum.Enum):
@@ -78,6 +80,8 @@ class CallSession:
         self._speaking: set[int] = set()  # speech requests not yet answered
         self._turns: dict[str, Turn] = {}
         self._caller_stopped_at: float | None = None  # for the next reply's latency
+        self._digits = ""  # keypad digits of the run in progress
+        self._digits_until = 0.0
         self._deadline = now + profile.max_call_seconds
         self._closing = Closing.NO
         self._goodbye_until = 0.0
@@ -123,7 +127,7 @@ class CallSession:
         elif isinstance(message, twilio.Stop):
             self._end(out, EndReason.CALLER_HANGUP)
         elif isinstance(message, twilio.Dtmf):
-            self._note(out, now, "dtmf", digit=message.digit)
+            self._on_key(out, message.digit, now)
         elif isinstance(message, twilio.Start):
             self.protocol_error("second start on one stream", now, out)
         return out
@@ -208,6 +212,8 @@ class CallSession:
             logger.warning("goodbye did not finish in %.0fs", GOODBYE_TIMEOUT)
             self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
         else:
+            if self._digits and now >= self._digits_until:
+                self._send_digits(out, now)
             expired, following = self._responses.expire(now)
             for event_id in expired:
                 logger.warning("response.create %s went unanswered; sending what waits", event_id)
@@ -442,6 +448,31 @@ class CallSession:
         self._note(out, now, "upstream_error", code=error.code, message=error.message[:300])
         if error.fatal:
             self._end(out, EndReason.UPSTREAM_ERROR, f"{error.code}: {error.message}")
+
+    # ---- keypad --------------------------------------------------------------------------------
+
+    def _on_key(self, out: list[Effect], key: str, now: float) -> None:
+        """A run of digits (ended by `#` or `DIGIT_GAP` without a key) reaches the model as one
+        user message, then a response is asked for: "enter your number, then pound" works."""
+        if key not in KEYS:
+            self.protocol_error(f"dtmf digit {key!r:.10}", now, out)
+            return
+        self._note(out, now, "dtmf", digit=key)
+        if self._closing is not Closing.NO:
+            return  # saying goodbye: nothing more is asked of the model
+        if key == "#":
+            self._send_digits(out, now)
+            return
+        self._digits += key
+        self._digits_until = now + DIGIT_GAP
+        out.append(Wake(self._digits_until))
+
+    def _send_digits(self, out: list[Effect], now: float) -> None:
+        digits, self._digits = self._digits, ""
+        if digits:
+            text = f"(The caller pressed these keys on the phone keypad: {digits})"
+            out.append(ToModel(realtime.user_text(text, event_id=self._next_id())))
+            self._request_response(out, now)
 
     # ---- goodbye -------------------------------------------------------------------------------
 

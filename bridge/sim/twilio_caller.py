@@ -145,6 +145,15 @@ class TwilioCaller:
             await self._ws.close(1000)
         await self.wait_closed(self.close_timeout + 1.0)
 
+    async def press(self, keys: str, gap: float = 0.1) -> None:
+        """Press keypad `keys` one after another, `gap` seconds apart (Twilio's `dtmf`)."""
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        for n, key in enumerate(keys):
+            if n:
+                await asyncio.sleep(gap)
+            await self._send_all([self.core.messages.dtmf(key)])
+
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait until the socket is closed (by either side) and the caller's tasks are done."""
         async with asyncio.timeout(timeout):

@@ -81,6 +81,14 @@ class StreamMessages:
             f'"mark":{{"name":{json.dumps(name)}}}}}'
         )
 
+    def dtmf(self, digit: str) -> str:
+        """A key the caller pressed (bidirectional streams only), as Twilio sends it."""
+        dtmf = {"track": "inbound_track", "digit": digit}
+        return (
+            f'{{"event":"dtmf","streamSid":{self._sid_json},'
+            f'"sequenceNumber":"{self._next()}","dtmf":{json.dumps(dtmf)}}}'
+        )
+
     def stop(self) -> str:
         """Sent when the caller hangs up."""
         stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
