@@ -7,6 +7,7 @@ Audio runs in the PCMU pass-through mode unless a test says otherwise: 8 bytes p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -131,7 +132,7 @@ def test_open_configures_the_session_and_arms_the_deadline() -> None:
 
 
 def test_greeting_asks_for_audio_saying_exactly_the_words() -> None:
-    _, effects = new_session(Profile(**{**_fields(PROFILE), "greeting": "Hello!"}))
+    _, effects = new_session(dataclasses.replace(PROFILE, greeting="Hello!"))
     create = model_events(effects)[1]
     assert create["type"] == "response.create"
     assert create["response"]["output_modalities"] == ["audio"]
@@ -225,7 +226,7 @@ def test_caller_speaking_into_silence_is_a_turn_not_a_barge_in() -> None:
 
 
 def test_a_create_that_collides_with_a_vad_response_is_sent_again_after_it() -> None:
-    session, effects = new_session(Profile(**{**_fields(PROFILE), "greeting": "Hi"}))
+    session, effects = new_session(dataclasses.replace(PROFILE, greeting="Hi"))
     greeting = model_events(effects)[1]
     session.model_event(realtime.ResponseCreated("r_vad"), 0.1)  # the service's own response
     retry = session.model_event(
@@ -387,7 +388,7 @@ def test_a_vad_reply_crossing_the_goodbye_request_is_told_apart_by_metadata() ->
     """The caller's VAD reply starts just as our goodbye is sent: the service names the request
     each response answers (in its metadata), so the VAD reply is cancelled and unheard, and the
     goodbye that collided with it is sent again after it."""
-    session, effects = new_session(Profile(**{**_fields(PROFILE), "greeting": "Hi"}))
+    session, effects = new_session(dataclasses.replace(PROFILE, greeting="Hi"))
     greeting = model_events(effects)[1]["event_id"]
     session.model_event(realtime.ResponseCreated("r0", request=greeting), 0.0)
     session.model_event(done("r0", audio_item("i0")), 0.5)
@@ -517,7 +518,3 @@ def test_a_second_start_is_a_protocol_error() -> None:
     session, _ = new_session()
     session.caller_message(START, 1.0)
     assert session.record.protocol_errors == 1
-
-
-def _fields(profile: Profile) -> dict[str, Any]:
-    return {name: getattr(profile, name) for name in profile.__dataclass_fields__}

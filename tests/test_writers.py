@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 
 import pytest
 import websockets
@@ -120,17 +119,7 @@ async def test_model_writer_keeps_order_when_the_model_stops_reading(direct: boo
     async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
         async with websockets.connect(f"ws://127.0.0.1:{port}", compression=None) as upstream:
-            write_now: Callable[[tuple[str, ...]], bool] | None = None
-            if direct:
-                writer_direct = fastws.UpstreamWriter(upstream)
-
-                def write_now(texts: tuple[str, ...]) -> bool:
-                    if not writer_direct.writable():
-                        return False
-                    for text in texts:
-                        writer_direct.write(text)
-                    return True
-
+            write_now = fastws.UpstreamWriter(upstream).write_now if direct else None
             writer = OrderedWriter("model", upstream.send, write_now=write_now, stalled=_stalled)
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(writer.run())

@@ -139,13 +139,9 @@ class CallSession:
         out = [] if out is None else out
         if self._ended:
             return out
-        record = self.record
-        record.protocol_errors += 1
-        metrics.protocol_error("twilio")
-        if record.protocol_errors <= LOGGED_PROTOCOL_ERRORS:
-            logger.warning("bad Twilio message: %s", detail)
+        if count_protocol_error(self.record, detail):
             self._note(out, now, "protocol_error", detail=detail)
-        if record.protocol_errors > MAX_PROTOCOL_ERRORS:
+        if self.record.protocol_errors > MAX_PROTOCOL_ERRORS:
             self._end(out, EndReason.PROTOCOL_ERROR, f"{MAX_PROTOCOL_ERRORS}+ bad messages")
         return out
 
@@ -509,6 +505,17 @@ class CallSession:
     def _at(self, now: float) -> float:
         """Seconds since the call started."""
         return round(now - self._t0, 3)
+
+
+def count_protocol_error(record: CallRecord, detail: str) -> bool:
+    """Count a Twilio message we could not use; True for the first few, which are logged and
+    worth keeping on the call (before `start` there is no session, only the record)."""
+    record.protocol_errors += 1
+    metrics.protocol_error("twilio")
+    if record.protocol_errors > LOGGED_PROTOCOL_ERRORS:
+        return False
+    logger.warning("bad Twilio message: %s", detail)
+    return True
 
 
 def _fill_record(record: CallRecord, start: twilio.Start, profile: Profile) -> None:

@@ -306,11 +306,14 @@ class Call:
                 if isinstance(event, BadMessage):
                     self._apply(session.model_protocol_error(event.detail, self._loop.time()))
                     continue
-                timed = latency.due() if isinstance(event, realtime.AudioDelta) else False
-                started = time.perf_counter()
-                barge_ins = self.record.barge_ins
+                delta = isinstance(event, realtime.AudioDelta)
+                timed = latency.due() if delta else isinstance(event, realtime.SpeechStarted)
+                if not timed:
+                    self._apply(session.model_event(event, self._loop.time()))
+                    continue
+                started, barge_ins = time.perf_counter(), self.record.barge_ins
                 self._apply(session.model_event(event, self._loop.time()))
-                if timed:  # delta parsed -> its frames handed to Twilio (1 delta in SAMPLE_EVERY)
+                if delta:  # delta parsed -> its frames handed to Twilio (1 delta in SAMPLE_EVERY)
                     latency.record(time.perf_counter() - started)
                 elif self.record.barge_ins != barge_ins:  # speech_started -> `clear` handed over
                     metrics.barge_in(time.perf_counter() - started)

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge import fastws, metrics, realtime, twilio
 from bridge.call.effects import CallEnded
+from bridge.call.session import count_protocol_error
 from bridge.call.writers import OrderedWriter
 from bridge.errors import ProtocolViolation
 from bridge.record import CallRecord, EndReason
@@ -67,11 +68,10 @@ class CallerSocket:
                     message = await self.receive()
                     if isinstance(message, twilio.Start):
                         return message
-                    if not isinstance(message, twilio.Connected):
-                        record.protocol_errors += 1
-                        metrics.protocol_error("twilio")
-                        what = getattr(message, "detail", f"{type(message).__name__} before start")
-                        logger.warning("bad Twilio message: %s", what)
+                    if isinstance(message, BadMessage):
+                        count_protocol_error(record, message.detail)
+                    elif not isinstance(message, twilio.Connected):
+                        count_protocol_error(record, f"{type(message).__name__} before start")
         except TimeoutError:
             raise CallEnded(EndReason.START_TIMEOUT, "no start message") from None
 
@@ -131,7 +131,7 @@ class ModelSocket:
         self.writer = OrderedWriter(
             "model",
             self._send,
-            write_now=self._write_now if self.direct is not None else None,
+            write_now=self.direct.write_now if self.direct is not None else None,
             stalled=_model_stalled,
         )
 
@@ -152,14 +152,6 @@ class ModelSocket:
         except ConnectionClosed as exc:
             raise upstream_ended(exc) from None
         raise CallEnded(EndReason.UPSTREAM_CLOSED, f"code {connection.close_code}")
-
-    def _write_now(self, texts: tuple[str, ...]) -> bool:
-        direct = self.direct
-        if direct is None or not direct.writable():
-            return False
-        for text in texts:
-            direct.write(text)
-        return True
 
     async def _send(self, text: str) -> None:
         try:

@@ -76,23 +76,24 @@ class OrderedWriter:
                 texts, _ = self._queue.popleft()
                 self._in_flight = True
                 try:
-                    async with asyncio.timeout(SEND_TIMEOUT):
-                        for text in texts:
-                            await self._send(text)
-                except TimeoutError:
-                    raise self._stalled() from None
+                    await self._send_batch(texts)
                 finally:
                     self._in_flight = False
             self._drained.set()
 
     async def flush(self) -> None:
-        """Send what is queued (within `SEND_TIMEOUT`) once the writer's task has ended."""
+        """Send what is queued once the writer's task has ended (a stalled peer: dropped)."""
         try:
-            async with asyncio.timeout(SEND_TIMEOUT):
-                while self._queue:
-                    texts, _ = self._queue.popleft()
-                    for text in texts:
-                        await self._send(text)
-        except (TimeoutError, CallEnded):
+            while self._queue:
+                await self._send_batch(self._queue.popleft()[0])
+        except CallEnded:
             self._queue.clear()
         self._drained.set()
+
+    async def _send_batch(self, texts: tuple[str, ...]) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                for text in texts:
+                    await self._send(text)
+        except TimeoutError:
+            raise self._stalled() from None

@@ -35,8 +35,8 @@ layers of ASGI receive per frame (measured: -6 % of the bridge's instructions pe
 The app can see the backlog through the ASGI scope: `scope["extensions"][BACKLOG_EXTENSION]`
 is a callable returning the number of messages queued and not yet received. A call that is
 behind uses it to send the caller audio that has piled up in one append instead of one per
-frame (see `Call._caller_to_model`), which is how the bridge sheds work when it is overloaded
-without delaying anything when it is not.
+frame (see `CallerSocket.gather_backlog` in bridge/call/sockets.py), which is how the bridge
+sheds work when it is overloaded without delaying anything when it is not.
 """
 
 from __future__ import annotations

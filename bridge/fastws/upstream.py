@@ -71,9 +71,15 @@ class UpstreamWriter:
         """Write `text` as one frame; only right after `writable()` said True."""
         self._connection.transport.write(text_frame(text.encode(), self._masks.take()))
 
-    def try_send(self, text: str) -> bool:
-        """Write `text` as one frame now; False if the caller must `await connection.send`."""
+    def write_now(self, texts: tuple[str, ...]) -> bool:
+        """Write `texts`, a frame each, now; False (nothing written) if the caller must
+        `await connection.send` instead."""
         if not self.writable():
             return False
-        self.write(text)
+        for text in texts:
+            self.write(text)
         return True
+
+    def try_send(self, text: str) -> bool:
+        """Write `text` as one frame now; False if the caller must `await connection.send`."""
+        return self.write_now((text,))
