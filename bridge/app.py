@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from twilio.twiml.voice_response import VoiceResponse
 
 from bridge import metrics, numbers, signatures, twilio
+from bridge.after_stream import ACTION_PATH, HANGUP, MemoryNextSteps, NextSteps
 from bridge.call.shell import Call, CallServices
 from bridge.drain import CallRegistry, drain
 from bridge.errors import ConfigError, ProtocolViolation
@@ -30,6 +31,7 @@ from bridge.logs import mask_number
 from bridge.profiles import Profile
 from bridge.record import MemoryRecorder, Recorder
 from bridge.settings import Settings
+from bridge.tools.http import ToolRunner
 from bridge.tts import SpeechClient
 from bridge.web.auth import Access, Guard
 
@@ -102,12 +104,17 @@ class Bridge:
         self._choose_profile = profile_for
         self.live_calls = CallRegistry()
         self.speech: SpeechClient | None = None
+        self.tools: ToolRunner | None = None
+        # What each call leaves for Twilio's `<Connect action>` request; `bridge serve` shares
+        # it through the call log's database, so any worker or replica can answer.
+        self.next_steps: NextSteps = MemoryNextSteps()
         # Extra readiness checks (e.g. the call log's database): each returns a problem or None.
         self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.speech = SpeechClient(self.settings)
+        self.tools = ToolRunner()
         try:
             with numbers.reload_on_sighup(self.numbers):
                 async with asyncio.TaskGroup() as tg:
@@ -118,6 +125,7 @@ class Bridge:
                         watcher.cancel()
         finally:
             await self.speech.aclose()
+            await self.tools.aclose()
 
     def public_base(self, connection: HTTPConnection) -> str:
         """The base URL Twilio reaches us at (configured, forwarded, or the Host header)."""
@@ -231,9 +239,35 @@ class Bridge:
         if self.signatures is not None:
             parameters = self.signatures.sign_stream(parameters, now=time.time())
         twiml = twilio.connect_twiml(
-            twilio.stream_url(base), parameters, status_callback=base + STATUS_PATH
+            twilio.stream_url(base),
+            parameters,
+            status_callback=base + STATUS_PATH,
+            action=twilio.action_url(base),
         )
         return Response(twiml, media_type=TWIML)
+
+    async def stream_ended(self, request: Request) -> Response:
+        """Twilio's `<Connect action>`: the stream is over; answer what the call does next
+        (hang up, or dial the person a transfer chose), as the call saved it."""
+        form = await self._twilio_form(request)
+        if isinstance(form, Response):
+            return form
+        call_sid = form.get("CallSid", "")
+        step = None
+        if call_sid:
+            try:
+                step = await self.next_steps.load(call_sid)
+            except Exception as exc:  # the caller must get an answer; hanging up is safe
+                logger.error("could not load the next step of call %s: %r", call_sid, exc)
+        step = step or HANGUP
+        logger.info(
+            "call %s stream ended (%s): %s%s",
+            call_sid,
+            form.get("CallStatus", ""),
+            step.action,
+            f" {mask_number(step.number)}" if step.number else "",
+        )
+        return Response(step.twiml(), media_type=TWIML)
 
     async def status(self, request: Request) -> Response:
         """Call and stream status callbacks, recorded against the call."""
@@ -279,6 +313,8 @@ class Bridge:
             self.recorder,
             self.speech,
             claim_stream=self.claim_stream,
+            tools=self.tools,
+            next_steps=self.next_steps,
         )
         call = Call(websocket, services)
         self.live_calls.add(call)
@@ -366,6 +402,7 @@ def create_app(
         routes=[
             Route("/twilio/voice", bridge.voice, methods=["POST", "GET"]),
             Route(STATUS_PATH, bridge.status, methods=["POST", "GET"]),
+            Route(ACTION_PATH, bridge.stream_ended, methods=["POST", "GET"]),
             WebSocketRoute(twilio.MEDIA_PATH, bridge.media),
             Route(RELOAD_PATH, bridge.reload_numbers, methods=["POST"]),
             Route("/healthz", bridge.healthz, methods=["GET"]),

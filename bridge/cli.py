@@ -78,6 +78,7 @@ async def serve(
         bridge.readiness_checks.append(call_log.readiness)
         if bridge.signatures is not None:  # stream tokens: single use across every replica
             bridge.signatures.ledger = call_log.stream_tokens
+        bridge.next_steps = call_log.next_steps  # steps after the stream, seen by every worker
 
         async def drain() -> None:
             await bridge.drain()

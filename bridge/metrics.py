@@ -45,6 +45,7 @@ __all__ = [
     "CALL_LOG_WRITE_FAILURES",
     "CLEAR_LATENCY",
     "DRAINING",
+    "HOLDING_PHRASES",
     "LIVE_CALLS",
     "METRICS",
     "PROTOCOL_ERRORS",
@@ -54,9 +55,12 @@ __all__ = [
     "REGISTRY",
     "SAMPLE_EVERY",
     "TEXT_ONLY_RECOVERIES",
+    "TOOL_CALLS",
+    "TOOL_SECONDS",
     "TRANSCODE_CALLER_TO_MODEL",
     "TRANSCODE_MODEL_TO_CALLER",
     "TRANSCODE_SECONDS",
+    "TRANSFERS",
     "Sampled",
     "barge_in",
     "call_ended",
@@ -68,6 +72,7 @@ __all__ = [
     "render",
     "set_draining",
     "text_only_recovery",
+    "tool_call",
     "watch_queue",
 ]
 
@@ -167,6 +172,31 @@ PROTOCOL_ERRORS = Counter(
     "bridge_protocol_errors",
     "Messages a peer sent that broke its protocol, by side.",
     ["side"],
+    registry=REGISTRY,
+)
+TOOL_CALLS = Counter(
+    "bridge_tool_calls",
+    "Tool calls and keypad actions, by tool name, kind (end_call, transfer_call, http, mcp, "
+    "keypad) and outcome (ok, error, cancelled).",
+    ["name", "kind", "outcome"],
+    registry=REGISTRY,
+)
+TOOL_SECONDS = Histogram(
+    "bridge_tool_seconds",
+    "How long a tool call took, by kind (HTTP tools: the request; MCP: as the service ran it).",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+HOLDING_PHRASES = Counter(
+    "bridge_holding_phrases",
+    "Holding phrases asked for because a tool was still running.",
+    registry=REGISTRY,
+)
+TRANSFERS = Counter(
+    "bridge_transfers",
+    "Calls handed to a person, by how (tool or keypad).",
+    ["via"],
     registry=REGISTRY,
 )
 DRAINING = Gauge(
@@ -291,6 +321,13 @@ def realtime_error(kind: RealtimeErrorKind) -> None:
 
 def protocol_error(side: Side) -> None:
     PROTOCOL_ERRORS.labels(side=side).inc()
+
+
+def tool_call(name: str, kind: str, outcome: str, seconds: float | None) -> None:
+    """One per finished tool call (or keypad action)."""
+    TOOL_CALLS.labels(name=name, kind=kind, outcome=outcome).inc()
+    if seconds is not None:
+        TOOL_SECONDS.labels(kind=kind).observe(seconds)
 
 
 def set_draining(draining: bool) -> None:

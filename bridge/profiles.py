@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from bridge.settings import AudioMode, Settings
+from bridge.tools.config import ProfileTools
 
 TurnDetectionType = Literal["server_vad", "semantic_vad"]
 Eagerness = Literal["low", "medium", "high", "auto"]
@@ -112,6 +113,8 @@ class Profile:
     keep_transcripts: bool = True
     transcription_language: str = ""  # empty: the transcription model detects it
     callers: CallerRules = CallerRules()
+    # end_call, transfer, keypad, HTTP tools, MCP servers
+    tools: ProfileTools = dataclasses.field(default_factory=ProfileTools)
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "default") -> Profile:
@@ -150,6 +153,11 @@ PROFILE_FIELDS = (
     "keep_transcripts",
     "callers",
     "numbers",
+    "end_call",
+    "transfer",
+    "keypad",
+    "tools",
+    "mcp",
 )
 _SERVER_VAD_ONLY = ("threshold", "prefix_padding_ms", "silence_duration_ms")
 
@@ -299,6 +307,9 @@ def profile_from_table(
             changes["transcription_language"] = language
     # Caller rules belong to the profile that states them: they are never inherited.
     changes["callers"] = _callers(fields)
+    from bridge.tools.parse import tools_from_table  # it imports Fields from this module
+
+    changes["tools"] = tools_from_table(fields, inherit.tools)
     return dataclasses.replace(inherit, **changes)
 
 

@@ -17,6 +17,7 @@ import pybase64
 from bridge.errors import ProtocolViolation
 from bridge.profiles import Profile, TurnDetection
 from bridge.settings import AudioMode
+from bridge.tools.config import END_CALL, TRANSFER_CALL, ProfileTools
 
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 PCMU_FORMAT: dict[str, Any] = {"type": "audio/pcmu"}
@@ -56,18 +57,81 @@ def session_update(profile: Profile) -> dict[str, Any]:
         if profile.transcription_language:
             transcription["language"] = profile.transcription_language
         audio_input["transcription"] = transcription
-    return {
-        "type": "session.update",
-        "session": {
-            "type": "realtime",
-            "output_modalities": list(AUDIO_ONLY),
-            "instructions": profile.instructions,
-            "audio": {
-                "input": audio_input,
-                "output": {"format": dict(audio_format), "voice": profile.voice},
-            },
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "output_modalities": list(AUDIO_ONLY),
+        "instructions": profile.instructions,
+        "audio": {
+            "input": audio_input,
+            "output": {"format": dict(audio_format), "voice": profile.voice},
         },
     }
+    tools = session_tools(profile.tools)
+    if tools:
+        session["tools"] = tools
+        session["tool_choice"] = "auto"
+    return {"type": "session.update", "session": session}
+
+
+def session_tools(tools: ProfileTools) -> list[dict[str, Any]]:
+    """The tools a profile offers: end_call, transfer_call, HTTP functions, MCP servers.
+
+    Holds the expanded secrets of MCP headers: never log what this returns.
+    """
+    out: list[dict[str, Any]] = []
+    if tools.end_call:
+        out.append(
+            _function(
+                END_CALL,
+                "Hang up the phone call. Say goodbye to the caller first, in the same turn: "
+                "they hear the whole goodbye before the line closes.",
+                {"reason": {"type": "string", "description": "Why the call is ending."}},
+            )
+        )
+    if tools.transfer is not None and tools.transfer.destinations:
+        names = sorted(tools.transfer.destinations)
+        out.append(
+            _function(
+                TRANSFER_CALL,
+                "Transfer the caller to a person. Tell the caller who you are transferring "
+                "them to first, in the same turn; the transfer starts once they have heard it.",
+                {"destination": {"type": "string", "enum": names}},
+                required=["destination"],
+            )
+        )
+    for tool in tools.http:
+        out.append(
+            {
+                "type": "function",
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.parameters),
+            }
+        )
+    for server in tools.mcp:
+        mcp: dict[str, Any] = {
+            "type": "mcp",
+            "server_label": server.server_label,
+            "server_url": server.server_url.value,
+            "require_approval": server.require_approval,
+        }
+        if server.headers:
+            mcp["headers"] = {name: value.value for name, value in server.headers.items()}
+        if server.allowed_tools is not None:
+            mcp["allowed_tools"] = list(server.allowed_tools)
+        if server.server_description:
+            mcp["server_description"] = server.server_description
+        out.append(mcp)
+    return out
+
+
+def _function(
+    name: str, description: str, properties: dict[str, Any], required: list[str] | None = None
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    return {"type": "function", "name": name, "description": description, "parameters": parameters}
 
 
 def _turn_detection(vad: TurnDetection) -> dict[str, Any]:
@@ -101,13 +165,16 @@ def input_audio_append(audio: bytes) -> str:
 
 
 def response_create(
-    instructions: str | None = None, *, event_id: str | None = None
+    instructions: str | None = None, *, event_id: str | None = None, tools: bool = True
 ) -> dict[str, Any]:
     """Every response we ask for asks for audio, whatever the session says. Its `event_id`
-    travels in the response's metadata, so `response.created` says which request it answers."""
+    travels in the response's metadata, so `response.created` says which request it answers.
+    `tools=False` forbids tool calls in this response (a holding phrase)."""
     response: dict[str, Any] = {"output_modalities": list(AUDIO_ONLY)}
     if instructions:
         response["instructions"] = instructions
+    if not tools:
+        response["tool_choice"] = "none"
     if event_id is not None:
         response["metadata"] = {REQUEST_METADATA: event_id}
     return _with_id({"type": "response.create", "response": response}, event_id)
@@ -134,6 +201,14 @@ def item_truncate(
 def user_text(text: str, *, event_id: str | None = None) -> dict[str, Any]:
     """`conversation.item.create` of a user message holding `text` (e.g. keypad digits)."""
     item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return _with_id({"type": "conversation.item.create", "item": item}, event_id)
+
+
+def function_call_output(
+    call_id: str, output: str, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`conversation.item.create` of the output of the model's function call `call_id`."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
     return _with_id({"type": "conversation.item.create", "item": item}, event_id)
 
 
@@ -207,12 +282,54 @@ class OutputItem:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """The model calls a function (`response.output_item.done`, or `response.done`'s output)."""
+
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+    response_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class McpCallStarted:
+    """The Realtime service started calling an MCP server's tool."""
+
+    item_id: str
+    name: str
+    server_label: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class McpCallDone:
+    item_id: str
+    name: str
+    server_label: str
+    arguments: str
+    output: str
+    error: str  # "" when it worked
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class McpToolsListed:
+    """An MCP server's tools as the service listed them (`conversation.item.done`), or the
+    failure to list them (`mcp_list_tools.failed`: no label, no tools)."""
+
+    item_id: str
+    server_label: str
+    tools: tuple[str, ...]
+    failed: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: str
     reason: str | None
     output: tuple[OutputItem, ...]
     usage: dict[str, Any]
+    function_calls: tuple[FunctionCall, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -247,6 +364,10 @@ ServerEvent = (
     | ResponseCreated
     | ResponseDone
     | ItemTruncated
+    | FunctionCall
+    | McpCallStarted
+    | McpCallDone
+    | McpToolsListed
     | ServerError
     | Other
 )
@@ -306,9 +427,13 @@ def _response_created(data: dict[str, Any], kind: str) -> ResponseCreated:
 
 def _response_done(data: dict[str, Any], kind: str) -> ResponseDone:
     response = data["response"]
+    response_id = str(response.get("id", ""))
     details = response.get("status_details") or {}
     items = []
+    calls = []
     for item in response.get("output") or []:
+        if item.get("type") == "function_call":
+            calls.append(_function_call(item, response_id))
         content = item.get("content") or []
         texts = [str(part.get("text") or part.get("transcript") or "") for part in content]
         items.append(
@@ -320,11 +445,70 @@ def _response_done(data: dict[str, Any], kind: str) -> ResponseDone:
             )
         )
     return ResponseDone(
-        response_id=str(response.get("id", "")),
+        response_id=response_id,
         status=str(response.get("status", "")),
         reason=details.get("reason") if isinstance(details, dict) else None,
         output=tuple(items),
         usage=dict(response.get("usage") or {}),
+        function_calls=tuple(calls),
+    )
+
+
+def _function_call(item: dict[str, Any], response_id: str) -> FunctionCall:
+    return FunctionCall(
+        item_id=str(item.get("id", "")),
+        call_id=str(item["call_id"]),
+        name=str(item["name"]),
+        arguments=str(item.get("arguments") or ""),
+        response_id=response_id,
+    )
+
+
+def _output_item_added(data: dict[str, Any], kind: str) -> ServerEvent:
+    item = data["item"]
+    if item.get("type") == "mcp_call":
+        return McpCallStarted(
+            item_id=str(item.get("id", "")),
+            name=str(item.get("name", "")),
+            server_label=str(item.get("server_label", "")),
+        )
+    return Other(type=kind)
+
+
+def _output_item_done(data: dict[str, Any], kind: str) -> ServerEvent:
+    item = data["item"]
+    if item.get("type") == "function_call":
+        return _function_call(item, str(data.get("response_id", "")))
+    if item.get("type") == "mcp_call":
+        error = item.get("error")
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("type") or "failed"
+        return McpCallDone(
+            item_id=str(item.get("id", "")),
+            name=str(item.get("name", "")),
+            server_label=str(item.get("server_label", "")),
+            arguments=str(item.get("arguments") or ""),
+            output=str(item.get("output") or ""),
+            error=str(error or ""),
+        )
+    return Other(type=kind)
+
+
+def _item_done(data: dict[str, Any], kind: str) -> ServerEvent:
+    item = data["item"]
+    if item.get("type") == "mcp_list_tools":
+        tools = tuple(str(tool.get("name", "")) for tool in item.get("tools") or [])
+        return McpToolsListed(
+            item_id=str(item.get("id", "")),
+            server_label=str(item.get("server_label", "")),
+            tools=tools,
+        )
+    return Other(type=kind)
+
+
+def _mcp_list_failed(data: dict[str, Any], kind: str) -> McpToolsListed:
+    return McpToolsListed(
+        item_id=str(data.get("item_id", "")), server_label="", tools=(), failed=True
     )
 
 
@@ -355,5 +539,9 @@ _PARSERS = {
     "response.created": _response_created,
     "response.done": _response_done,
     "conversation.item.truncated": _item_truncated,
+    "response.output_item.added": _output_item_added,
+    "response.output_item.done": _output_item_done,
+    "conversation.item.done": _item_done,
+    "mcp_list_tools.failed": _mcp_list_failed,
     "error": _error,
 }

@@ -30,6 +30,8 @@ class EndReason(enum.StrEnum):
     NO_AUDIO = "no_audio"
     MAX_DURATION = "max_duration"
     SERVER_SHUTDOWN = "server_shutdown"
+    ASSISTANT_HANGUP = "assistant_hangup"  # `end_call` (the model's tool or a keypad key)
+    TRANSFERRED = "transferred"  # `transfer_call` (tool or keypad): Twilio dials a person next
     INTERNAL_ERROR = "internal_error"
 
 
@@ -55,6 +57,29 @@ class Turn:
 
 
 @dataclasses.dataclass(slots=True)
+class ToolCall:
+    """One action or tool run on the call: `end_call`, `transfer_call`, an HTTP tool, an MCP
+    tool the Realtime service ran, or a keypad key's action. Secrets are scrubbed out."""
+
+    call_id: str  # the model's call_id (keypad: "key_<n>")
+    name: str
+    kind: str  # "end_call" | "transfer_call" | "http" | "mcp" | "keypad"
+    arguments: str  # JSON text as the model sent it
+    started_at: float  # seconds since the call started
+    ended_at: float | None = None
+    outcome: str = "running"  # "running", "ok", "error" or "cancelled" (the call ended first)
+    result: str = ""  # the output handed to the model (truncated)
+    error: str = ""  # what went wrong, when outcome is "error"
+    holding_phrase: bool = False  # the caller was told to hold on while it ran
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return round((self.ended_at - self.started_at) * 1000, 1)
+
+
+@dataclasses.dataclass(slots=True)
 class CallRecord:
     call_sid: str
     stream_sid: str
@@ -77,6 +102,9 @@ class CallRecord:
     turns: list[Turn] = dataclasses.field(default_factory=list)
     events: list[CallEvent] = dataclasses.field(default_factory=list)
     usage: dict[str, int] = dataclasses.field(default_factory=dict)
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
+    transfer_to: str = ""  # destination name of a transfer ("" when none)
+    transfer_number: str = ""  # its number
 
     @property
     def duration(self) -> float:
@@ -116,6 +144,9 @@ class Recorder(Protocol):
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
         """A turn began, its text grew, or it ended (live transcript)."""
 
+    def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
+        """A tool call started or finished."""
+
     def call_ended(self, record: CallRecord) -> None: ...
 
     def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
@@ -138,6 +169,9 @@ class MemoryRecorder:
         logger.debug("call event %s %s", event.kind, event.detail)
 
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
+        pass
+
+    def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
         pass
 
     def call_status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
@@ -172,6 +206,10 @@ class FanOutRecorder:
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
         for recorder in self.recorders:
             recorder.turn_updated(record, turn)
+
+    def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
+        for recorder in self.recorders:
+            recorder.tool_call_updated(record, tool_call)
 
     def call_ended(self, record: CallRecord) -> None:
         for recorder in self.recorders:

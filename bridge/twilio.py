@@ -17,6 +17,7 @@ import orjson
 import pybase64
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from bridge.after_stream import ACTION_PATH
 from bridge.errors import ProtocolViolation
 
 MEDIA_PATH = "/twilio/media"
@@ -202,12 +203,22 @@ def stream_url(public_base: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+def action_url(public_base: str) -> str:
+    """The `<Connect action>` URL: Twilio asks it what to do once the stream has ended."""
+    return public_base.rstrip("/") + ACTION_PATH
+
+
 def connect_twiml(
-    url: str, parameters: Mapping[str, str], *, status_callback: str | None = None
+    url: str,
+    parameters: Mapping[str, str],
+    *,
+    status_callback: str | None = None,
+    action: str | None = None,
 ) -> str:
-    """`<Connect><Stream>` TwiML; parameters travel in `<Parameter>` since Twilio drops queries."""
+    """`<Connect><Stream>` TwiML; parameters travel in `<Parameter>` since Twilio drops queries.
+    `action`: where Twilio asks for the call's next step when the stream ends."""
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action, method="POST") if action else Connect()
     if status_callback:
         stream = connect.stream(
             url=url, status_callback=status_callback, status_callback_method="POST"

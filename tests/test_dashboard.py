@@ -16,12 +16,14 @@ import pytest
 from playwright.async_api import Browser, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
+from bridge.record import CallRecord, EndReason, ToolCall
 from bridge.sim.realtime_server import RealtimeSimulator
 from tests.test_store_support import (
     BACKENDS,
     TOKEN,
     call_with_barge_in,
     database,
+    flushed,
     logged_bridge,
 )
 
@@ -149,4 +151,48 @@ async def test_live_transcript_and_the_heard_unheard_split(
         await expect(page.locator(".end-reason")).to_contain_text("caller_hangup")
         await page.screenshot(path=ARTIFACTS / f"dashboard-call-{backend}.png", full_page=True)
         await context.close()
+    assert script_errors == []
+
+
+async def test_a_live_call_page_shows_tool_calls_as_they_run(
+    simulator: RealtimeSimulator, tmp_path: Path, browser: Browser
+) -> None:
+    """A `tool_call` live message adds the tool to the live transcript, then updates it when it
+    ends; once the call ends, the page shows the stored tool call and its timeline bar."""
+    sid = "CA" + "7" * 32
+    async with database("sqlite", tmp_path) as url, logged_bridge(simulator, url) as logged:
+        recorder = logged.call_log.recorder
+        record = CallRecord(call_sid=sid, stream_sid="MZ" + "7" * 32, from_number="+15550100001")
+        recorder.call_started(record)
+        await flushed(logged.call_log)
+        page = await browser.new_page()
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        await page.goto(f"{logged.base}/login")
+        await page.fill("#token", TOKEN)
+        await page.click("form[action='/login'] button")
+        await page.goto(f"{logged.base}/calls/{sid}")
+        card = page.locator("#live .live-call")
+        await expect(card).to_have_count(1, timeout=WAIT_MS)
+
+        tool = ToolCall("call_1", "lookup_order", "http", "{}", 1.0, holding_phrase=True)
+        record.tool_calls.append(tool)
+        recorder.tool_call_updated(record, tool)
+        item = card.locator(".tool-call[data-call-id='call_1']")
+        await expect(item).to_contain_text("lookup_order", timeout=WAIT_MS)
+        await expect(item.locator(".outcome")).to_have_text("running…")
+        await expect(item).to_contain_text("holding phrase")
+        tool.ended_at, tool.outcome = 1.85, "ok"
+        recorder.tool_call_updated(record, tool)
+        await expect(item.locator(".outcome")).to_have_text("ok in 850 ms", timeout=WAIT_MS)
+
+        record.end_reason, record.ended_at = EndReason.ASSISTANT_HANGUP, record.started_at + 3
+        recorder.call_ended(record)
+        await expect(page.locator(".end-reason")).to_contain_text(
+            "assistant_hangup", timeout=WAIT_MS
+        )
+        stored = page.locator(".conversation li.tool-call[data-call-id='call_1']")
+        await expect(stored).to_contain_text("850 ms")
+        await expect(page.locator("svg.timeline g.tool.outcome-ok")).to_have_count(1)
+        await page.close()
     assert script_errors == []

@@ -30,6 +30,7 @@ from bridge.call.responses import ANSWER_TIMEOUT
 from bridge.call.session import (
     DIGIT_GAP,
     GOODBYE_TIMEOUT,
+    MARK_MARGIN,
     MAX_PROTOCOL_ERRORS,
     TTS_CHUNK_BYTES,
     CallSession,
@@ -376,12 +377,31 @@ def test_goodbye_at_the_drain_deadline_while_the_assistant_talks_is_heard_before
     assert caller_events(goodbye) == ["media", "mark"]
     finished = session.model_event(done("r2", audio_item("i2")), 1.4)
     (wake,) = [e for e in finished if isinstance(e, Wake)]
-    assert wake.at == pytest.approx(1.3 + 1.5, abs=0.01)  # when Twilio has played it all
+    # The bound, should the last mark never come back: played out, plus a margin.
+    assert wake.at == pytest.approx(1.3 + 1.5 + MARK_MARGIN, abs=0.01)
     assert ends(finished) == []
     assert session.timer(wake.at - 0.1) == []
     assert ends(session.timer(wake.at)) == [
         EndCall(EndReason.SERVER_SHUTDOWN, "the server is shutting down")
     ]
+
+
+def test_the_goodbye_ends_the_call_when_its_last_mark_comes_back() -> None:
+    session, _ = new_session()
+    (create,) = model_events(session.shutdown("Goodbye!", 1.0))
+    session.model_event(realtime.ResponseCreated("r2", request=create["event_id"]), 1.1)
+    goodbye = session.model_event(delta("i2", "r2", 1500), 1.2)
+    session.model_event(done("r2", audio_item("i2")), 1.3)
+    (mark,) = [
+        json.loads(text)
+        for effect in goodbye
+        if isinstance(effect, ToCaller)
+        for text in effect.texts
+        if '"mark"' in text
+    ]
+    assert ends(session.timer(2.0)) == []  # still playing
+    heard = session.caller_message(twilio.Mark(mark["mark"]["name"]), 2.7)
+    assert ends(heard) == [EndCall(EndReason.SERVER_SHUTDOWN, "the server is shutting down")]
 
 
 def test_a_vad_reply_crossing_the_goodbye_request_is_told_apart_by_metadata() -> None:
@@ -426,8 +446,8 @@ def test_goodbye_request_without_an_answer_is_given_up_and_the_call_ends() -> No
     assert [e.event.kind for e in gave_up if isinstance(e, Noted)] == [
         "response_request_unanswered"
     ]
-    (wake,) = [e for e in gave_up if isinstance(e, Wake)]
-    assert ends(session.timer(wake.at))[0].reason is EndReason.SERVER_SHUTDOWN
+    # Nothing is playing, so nothing is left to hear: the call ends at once.
+    assert ends(gave_up)[0].reason is EndReason.SERVER_SHUTDOWN
 
 
 def test_goodbye_that_never_finishes_ends_at_its_timeout() -> None:
@@ -464,7 +484,8 @@ def test_goodbye_that_comes_back_as_text_is_spoken_before_the_end() -> None:
     assert [e for e in tts if isinstance(e, (Wake, EndCall))] == []  # speech is on its way
     played = session.speech_ready(1, b"\x00\x10" * 24_000, "Goodbye!", 0.5)
     (wake,) = [e for e in played if isinstance(e, Wake)]
-    assert wake.at == pytest.approx(1.5, abs=0.03)  # 1 s of speech (and the filter tail)
+    # 1 s of speech (and the filter tail), plus the margin for a last mark that never comes
+    assert wake.at == pytest.approx(1.5 + MARK_MARGIN, abs=0.03)
     assert ends(session.timer(wake.at))[0].reason is EndReason.SERVER_SHUTDOWN
 
 

@@ -337,7 +337,15 @@ async def test_schema_is_prepared_at_start_sqlite_upgraded_postgres_checked(
         engine = create_engine(url)
         try:
             async with engine.begin() as connection:  # back to an empty database
-                for table in ("stream_tokens", "events", "turns", "calls", "alembic_version"):
+                for table in (
+                    "next_steps",
+                    "tool_calls",
+                    "stream_tokens",
+                    "events",
+                    "turns",
+                    "calls",
+                    "alembic_version",
+                ):
                     await connection.exec_driver_sql(f"DROP TABLE {table}")
             replicas = [create_engine(url) for _ in range(3)]  # migrating at the same moment
             try:
@@ -413,7 +421,7 @@ async def test_migration_0002_adds_stream_tokens_to_a_call_log_at_0001(
                 await connection.exec_driver_sql(
                     "INSERT INTO calls (call_sid, started_at, updated_at) VALUES ('CA1', 1, 1)"
                 )
-            await upgrade(engine)
+            await upgrade(engine, "0002")
             assert await current_revision(engine) == "0002"
             async with engine.connect() as connection:
                 assert (await connection.execute(sa.select(stream_tokens))).all() == []

@@ -12,7 +12,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from bridge.record import CallEvent, EndReason, Turn
+from bridge.after_stream import NextStep
+from bridge.record import CallEvent, EndReason, ToolCall, Turn
+from bridge.tools.config import HttpTool
 
 
 class Kind(enum.Enum):
@@ -69,20 +71,51 @@ class Noted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run an HTTP tool; answer with `CallSession.tool_done(call_id, result)`."""
+
+    call_id: str
+    tool: HttpTool
+    arguments: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolCallChanged:
+    """A tool call started or finished: the call log needs it."""
+
+    tool_call: ToolCall
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EndCall:
-    """The call is over; the session ignores every input after this."""
+    """The call is over; the session ignores every input after this. `next_step` is what
+    Twilio does after the stream (`<Connect action>`); None: hang up."""
 
     reason: EndReason
     detail: str = ""
+    next_step: NextStep | None = None
 
 
-Effect = ToCaller | ToModel | Synthesize | Wake | TurnChanged | Noted | EndCall
+Effect = (
+    ToCaller
+    | ToModel
+    | Synthesize
+    | Wake
+    | TurnChanged
+    | Noted
+    | RunTool
+    | ToolCallChanged
+    | EndCall
+)
 
 
 class CallEnded(Exception):
     """Raised inside the call's task group to end the call for `reason`."""
 
-    def __init__(self, reason: EndReason, detail: str = "") -> None:
+    def __init__(
+        self, reason: EndReason, detail: str = "", next_step: NextStep | None = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
         self.detail = detail
+        self.next_step = next_step

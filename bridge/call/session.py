@@ -16,44 +16,76 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
+import json
 import logging
 from typing import Any
 
 from bridge import audio, metrics, realtime, twilio
+from bridge.after_stream import HANGUP, NextStep
+from bridge.call.actions import (
+    HOLD_AFTER,
+    HOLD_GAP,
+    RECHECK,
+    ToolCalls,
+    error_output,
+    holding_instructions,
+    parse_arguments,
+)
 from bridge.call.bargein import Playback
 from bridge.call.effects import (
     Effect,
     EndCall,
     Kind,
     Noted,
+    RunTool,
     Synthesize,
     ToCaller,
     ToModel,
+    ToolCallChanged,
     TurnChanged,
     Wake,
 )
 from bridge.call.responses import ANSWER_TIMEOUT, Responses
 from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
-from bridge.record import CallEvent, CallRecord, EndReason, Turn
+from bridge.record import CallEvent, CallRecord, EndReason, ToolCall, Turn
 from bridge.settings import AudioMode
+from bridge.tools.config import END_CALL, TRANSFER_CALL, KeyAction
+from bridge.tools.http import ToolResult
 
 logger = logging.getLogger(__name__)
 
 MAX_PROTOCOL_ERRORS = 200  # past this many bad frames the peer is not Twilio: hang up
 LOGGED_PROTOCOL_ERRORS = 5  # the first few are logged and kept; the rest only counted
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # fallback speech goes out a second at a time, each marked
-GOODBYE_TIMEOUT = 15.0  # a shutdown goodbye is short; never hold the drain longer than this
+GOODBYE_TIMEOUT = 15.0  # a goodbye is short; never hold the line (or the drain) longer
+MARK_MARGIN = 1.0  # a played-out goodbye whose last mark never comes back ends this much later
 DIGIT_GAP = 2.0  # a run of keypad digits ends with `#` or this long without another key
 KEYS = frozenset("0123456789*#")
 
 
 class Closing(enum.Enum):
-    """Where a shutdown stands: not asked, saying goodbye, letting the goodbye play out."""
+    """Where the end of a call stands (a shutdown, `end_call`, a transfer): not asked, saying
+    goodbye, letting the goodbye play out."""
 
     NO = "no"
     GOODBYE = "goodbye"
     PLAYING_OUT = "playing_out"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Exit:
+    """How a closing call ends once its goodbye has been heard."""
+
+    reason: EndReason
+    detail: str = ""
+    next_step: NextStep | None = None
+    destination: str = ""  # a transfer's destination name
+    via: str = "tool"  # what asked for it: "tool", "keypad" or "server"
+    call: ToolCall | None = None  # the end_call / transfer_call that asked for it
+
+
+SHUTDOWN = Exit(EndReason.SERVER_SHUTDOWN, "the server is shutting down", via="server")
 
 
 class CallSession:
@@ -84,6 +116,11 @@ class CallSession:
         self._digits_until = 0.0
         self._deadline = now + profile.max_call_seconds
         self._closing = Closing.NO
+        self._exit = SHUTDOWN  # how a closing call ends
+        self._exits: dict[str, Exit] = {}  # response id -> the end its tool call asked for
+        self._tools = ToolCalls(profile.tools, record)
+        self._mcp_started: dict[str, float] = {}  # MCP call item -> when the service began it
+        self._caller_speaking = False
         self._goodbye_until = 0.0
         self._played_out_at = 0.0
         self._ended = False
@@ -124,6 +161,8 @@ class CallSession:
             if turn is not None and not turn.interrupted:
                 turn.ended_at = self._at(now)  # played up to here
                 out.append(TurnChanged(turn))
+            if self._closing is Closing.PLAYING_OUT and not self._playback.playing:
+                self._end_as_closing(out)  # the goodbye's last mark: the caller heard it all
         elif isinstance(message, twilio.Stop):
             self._end(out, EndReason.CALLER_HANGUP)
         elif isinstance(message, twilio.Dtmf):
@@ -167,9 +206,11 @@ class CallSession:
         elif isinstance(event, realtime.SpeechStarted):
             if self._closing is Closing.NO:  # a goodbye is not interrupted
                 self._barge_in(out, now, by_caller=True)
+            self._caller_speaking = True
             self._caller_stopped_at = None
             self._add_turn(out, Turn("caller", event.item_id, self._at(now)))
         elif isinstance(event, realtime.SpeechStopped):
+            self._caller_speaking = False
             self._caller_stopped_at = now
             turn = self._turns.get(event.item_id)
             if turn is not None:
@@ -188,6 +229,14 @@ class CallSession:
                 out.append(ToModel(realtime.response_cancel(event_id=self._next_id())))
         elif isinstance(event, realtime.ResponseDone):
             self._on_response_done(out, event, now)
+        elif isinstance(event, realtime.FunctionCall):
+            self._on_function_call(out, event, now)
+        elif isinstance(event, realtime.McpCallStarted):
+            self._mcp_started[event.item_id] = now
+        elif isinstance(event, realtime.McpCallDone):
+            self._on_mcp_call(out, event, now)
+        elif isinstance(event, realtime.McpToolsListed):
+            self._on_mcp_tools(out, event, now)
         elif isinstance(event, realtime.ServerError):
             self._on_error(out, event, now)
         self._maybe_goodbye_heard(out, now)
@@ -203,10 +252,10 @@ class CallSession:
                 out, EndReason.MAX_DURATION, f"call exceeded {self.profile.max_call_seconds:.0f}s"
             )
         elif self._closing is Closing.PLAYING_OUT and now >= self._played_out_at:
-            self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+            self._end_as_closing(out)
         elif self._closing is not Closing.NO and now >= self._goodbye_until:
             logger.warning("goodbye did not finish in %.0fs", GOODBYE_TIMEOUT)
-            self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
+            self._end_as_closing(out)
         else:
             if self._digits and now >= self._digits_until:
                 self._send_digits(out, now)
@@ -215,6 +264,7 @@ class CallSession:
                 logger.warning("response.create %s went unanswered; sending what waits", event_id)
                 self._note(out, now, "response_request_unanswered", event_id=event_id)
             self._send_create(out, now, following)
+            self._check_hold(out, now)
             self._maybe_goodbye_heard(out, now)
         return out
 
@@ -231,10 +281,28 @@ class CallSession:
             self._end(out, EndReason.SERVER_SHUTDOWN, "the server is shutting down")
             return out
         self._closing = Closing.GOODBYE
+        self._exit = SHUTDOWN
         self._goodbye_until = now + GOODBYE_TIMEOUT
         out.append(Wake(self._goodbye_until))
         self._barge_in(out, now, by_caller=False)
         self._request_response(out, now, goodbye)
+        return out
+
+    def tool_done(self, call_id: str, result: ToolResult, now: float) -> list[Effect]:
+        """An HTTP tool answered (or failed): its output goes to the model, and once no tool
+        runs any more, a spoken reply is asked for."""
+        running = self._tools.running.get(call_id)
+        if self._ended or running is None:
+            return []
+        error = "" if result.ok else result.error
+        call = self._tools.finish(
+            running.call, self._at(now), ok=result.ok, result=result.output, error=error
+        )
+        out: list[Effect] = [ToolCallChanged(call)]
+        output = realtime.function_call_output(call_id, result.output, event_id=self._next_id())
+        out.append(ToModel(output))
+        if not self._tools.running and self._closing is Closing.NO:
+            self._request_response(out, now)
         return out
 
     def speech_ready(self, request: int, pcm: bytes, text: str, now: float) -> list[Effect]:
@@ -272,12 +340,13 @@ class CallSession:
         self._maybe_goodbye_heard(out, now)
         return out
 
-    def finish(self, now: float) -> None:
-        """The call is over: close the turns still open."""
+    def finish(self, now: float) -> list[Effect]:
+        """The call is over: close the turns still open; tools still running are cancelled."""
         self._ended = True
         for turn in self._turns.values():
             if turn.ended_at is None:
                 turn.ended_at = self._at(now)
+        return [ToolCallChanged(call) for call in self._tools.cancel_running(self._at(now))]
 
     # ---- model -> caller -----------------------------------------------------------------------
 
@@ -375,10 +444,19 @@ class CallSession:
 
     # ---- responses and the spoken-reply guarantee ----------------------------------------------
 
-    def _request_response(self, out: list[Effect], now: float, say: str | None = None) -> None:
+    def _request_response(
+        self,
+        out: list[Effect],
+        now: float,
+        say: str | None = None,
+        *,
+        instructions: str | None = None,
+        tools: bool = True,
+    ) -> None:
         """`response.create` (saying `say` exactly, if given), queued behind a running one."""
-        instructions = realtime.say_exactly(self.profile.instructions, say) if say else None
-        create = realtime.response_create(instructions, event_id=self._next_id())
+        if say:
+            instructions = realtime.say_exactly(self.profile.instructions, say)
+        create = realtime.response_create(instructions, event_id=self._next_id(), tools=tools)
         self._send_create(out, now, self._responses.request(create, now))
 
     def _send_create(self, out: list[Effect], now: float, create: dict[str, Any] | None) -> None:
@@ -388,6 +466,8 @@ class CallSession:
             out.append(Wake(now + ANSWER_TIMEOUT))
 
     def _on_response_done(self, out: list[Effect], done: realtime.ResponseDone, now: float) -> None:
+        for call in done.function_calls:  # seen already in output_item.done, unless skipped
+            self._on_function_call(out, call, now)
         dropped = done.response_id in self._responses.dropped
         following = self._responses.done(done.response_id, now)
         if not dropped:
@@ -403,6 +483,9 @@ class CallSession:
         if action is not None:
             self._recover(out, now, action.recovery, action.text, action.delete_items)
         self._send_create(out, now, following)
+        exit_ = self._exits.pop(done.response_id, None)
+        if exit_ is not None:
+            self._close_for(out, now, exit_, interrupted=dropped or done.status == "cancelled")
 
     def _recover(
         self,
@@ -445,6 +528,183 @@ class CallSession:
         if error.fatal:
             self._end(out, EndReason.UPSTREAM_ERROR, f"{error.code}: {error.message}")
 
+    # ---- tools and actions ----------------------------------------------------------------------
+
+    def _on_function_call(self, out: list[Effect], fc: realtime.FunctionCall, now: float) -> None:
+        """The model called a function: hang up or transfer once its reply is heard, run an
+        HTTP tool, or refuse with an error output (the model then tells the caller)."""
+        tools = self.profile.tools
+        transfer = tools.transfer
+        name = fc.name
+        if name == END_CALL and tools.end_call:
+            kind = END_CALL
+        elif name == TRANSFER_CALL and transfer is not None:
+            kind = TRANSFER_CALL
+        else:
+            kind = "http"
+        call = self._tools.begin(fc.call_id, name, kind, fc.arguments, self._at(now))
+        if call is None:
+            return  # seen in output_item.done, and again in response.done: runs once
+        out.append(ToolCallChanged(call))
+        arguments = parse_arguments(fc.arguments)
+        tool = tools.http_tool(name)
+        if self._closing is not Closing.NO:
+            self._tool_refused(out, now, call, "the call is ending", reply=False)
+        elif arguments is None:
+            self._tool_refused(out, now, call, "the arguments are not a JSON object")
+        elif kind == END_CALL:
+            reason = str(arguments.get("reason") or "")[:200]
+            detail = "end_call" + (f": {self._tools.scrub(reason)}" if reason else "")
+            exit_ = Exit(EndReason.ASSISTANT_HANGUP, detail, HANGUP, call=call)
+            self._exits[fc.response_id] = exit_
+        elif kind == TRANSFER_CALL:
+            assert transfer is not None
+            destination = str(arguments.get("destination") or "")
+            number = transfer.destinations.get(destination)
+            if number is None:
+                known = ", ".join(sorted(transfer.destinations))
+                message = f"unknown destination {destination!r:.80}; use one of: {known}"
+                self._tool_refused(out, now, call, message)
+                return
+            step = NextStep(
+                "dial", number, transfer.say, transfer.timeout_seconds, transfer.caller_id
+            )
+            detail = f"transfer_call to {destination}"
+            exit_ = Exit(EndReason.TRANSFERRED, detail, step, destination, call=call)
+            self._exits[fc.response_id] = exit_
+        elif tool is not None:
+            self._tools.started(call, now)
+            out.append(RunTool(fc.call_id, tool, arguments))
+            out.append(Wake(now + HOLD_AFTER))
+        else:
+            self._tool_refused(out, now, call, f"there is no tool named {name!r:.80}")
+
+    def _tool_refused(
+        self, out: list[Effect], now: float, call: ToolCall, message: str, *, reply: bool = True
+    ) -> None:
+        """An error output for the model, and a reply asked for, so the caller hears about it
+        (once no other tool is still running: their outputs bring the reply)."""
+        self._tools.finish(call, self._at(now), ok=False, error=message)
+        out.append(ToolCallChanged(call))
+        output = realtime.function_call_output(
+            call.call_id, error_output(message), event_id=self._next_id()
+        )
+        out.append(ToModel(output))
+        if reply and not self._tools.running:
+            self._request_response(out, now)
+
+    def _close_for(self, out: list[Effect], now: float, exit_: Exit, *, interrupted: bool) -> None:
+        """The reply that called end_call or transfer_call is complete: let its last words
+        play out, then end. If the caller talked over it, the call goes on instead."""
+        call = exit_.call
+        assert call is not None
+        if interrupted or self._closing is not Closing.NO:
+            why = "the caller interrupted; the call goes on"
+            if self._closing is not Closing.NO:
+                why = "the call is already ending"
+            self._tools.finish(call, self._at(now), ok=False, error=why)
+            out.append(ToolCallChanged(call))
+            output = realtime.function_call_output(
+                call.call_id, error_output(why), event_id=self._next_id()
+            )
+            out.append(ToModel(output))
+            return
+        result = {"ok": True} | ({"destination": exit_.destination} if exit_.destination else {})
+        self._tools.finish(call, self._at(now), ok=True, result=json.dumps(result))
+        out.append(ToolCallChanged(call))
+        # The output keeps the conversation whole; no reply is asked for: the call is ending.
+        output = realtime.function_call_output(
+            call.call_id, json.dumps(result), event_id=self._next_id()
+        )
+        out.append(ToModel(output))
+        self._closing = Closing.GOODBYE
+        self._set_exit(exit_)
+        self._goodbye_until = now + GOODBYE_TIMEOUT
+        out.append(Wake(self._goodbye_until))
+        self._maybe_goodbye_heard(out, now)
+
+    def _key_action(self, out: list[Effect], key: str, action: KeyAction, now: float) -> None:
+        """A keypad key bound to an action acts at once: whatever plays stops, the call ends."""
+        transfer = self.profile.tools.transfer
+        if action.action == "transfer" and transfer is not None:
+            destination = action.destination
+            number = transfer.destinations[destination]  # checked when the profile loaded
+            call = self._tools.keypad(key, TRANSFER_CALL, destination, self._at(now))
+            step = NextStep(
+                "dial", number, transfer.say, transfer.timeout_seconds, transfer.caller_id
+            )
+            exit_ = Exit(
+                EndReason.TRANSFERRED,
+                f"keypad {key}: transfer to {destination}",
+                step,
+                destination,
+                via="keypad",
+            )
+        else:
+            call = self._tools.keypad(key, END_CALL, "", self._at(now))
+            exit_ = Exit(
+                EndReason.ASSISTANT_HANGUP, f"keypad {key}: end_call", HANGUP, via="keypad"
+            )
+        out.append(ToolCallChanged(call))
+        self._barge_in(out, now, by_caller=False)
+        self._set_exit(exit_)
+        self._end_as_closing(out)
+
+    def _set_exit(self, exit_: Exit) -> None:
+        self._exit = exit_
+        if exit_.reason is EndReason.TRANSFERRED and exit_.next_step is not None:
+            self.record.transfer_to = exit_.destination
+            self.record.transfer_number = exit_.next_step.number
+            metrics.TRANSFERS.labels(via=exit_.via).inc()
+
+    def _check_hold(self, out: list[Effect], now: float) -> None:
+        """A tool still running after HOLD_AFTER: ask for a short holding phrase, so the caller
+        is never left in silence. Not while the caller talks or hears something already: then
+        look again later (once the audio they hear has played out, HOLD_GAP after it)."""
+        if self._closing is not Closing.NO or not self._tools.holding_due(now):
+            return
+        if self._caller_speaking or not self._responses.idle:
+            self._tools.postpone_hold(now + RECHECK)
+            out.append(Wake(now + RECHECK))
+            return
+        remaining = self._playback.remaining_seconds(now)
+        if remaining > 0:
+            until = now + remaining + HOLD_GAP
+            self._tools.postpone_hold(until)
+            out.append(Wake(until))
+            return
+        calls = self._tools.holding()
+        metrics.HOLDING_PHRASES.inc()
+        self._note(out, now, "holding_phrase", tools=[call.name for call in calls])
+        out.extend(ToolCallChanged(call) for call in calls)
+        self._request_response(
+            out, now, instructions=holding_instructions(self.profile.instructions), tools=False
+        )
+
+    def _on_mcp_call(self, out: list[Effect], done: realtime.McpCallDone, now: float) -> None:
+        """The Realtime service ran an MCP tool inside a response: recorded like ours."""
+        started = self._mcp_started.pop(done.item_id, now)
+        call = self._tools.begin(done.item_id, done.name, "mcp", done.arguments, self._at(started))
+        if call is None:
+            return
+        self._tools.finish(
+            call, self._at(now), ok=not done.error, result=done.output, error=done.error
+        )
+        out.append(ToolCallChanged(call))
+
+    def _on_mcp_tools(self, out: list[Effect], listed: realtime.McpToolsListed, now: float) -> None:
+        if listed.failed:
+            logger.warning("an MCP server's tools could not be listed (item %s)", listed.item_id)
+            self._note(out, now, "mcp_list_tools_failed", item_id=listed.item_id)
+        else:
+            self._note(
+                out,
+                now,
+                "mcp_tools_listed",
+                server_label=listed.server_label,
+                tools=list(listed.tools),
+            )
+
     # ---- keypad --------------------------------------------------------------------------------
 
     def _on_key(self, out: list[Effect], key: str, now: float) -> None:
@@ -456,6 +716,11 @@ class CallSession:
         self._note(out, now, "dtmf", digit=key)
         if self._closing is not Closing.NO:
             return  # saying goodbye: nothing more is asked of the model
+        action = self.profile.tools.keypad.get(key)
+        if action is not None:
+            self._digits = ""  # a key that acts ends any run of digits unsent
+            self._key_action(out, key, action, now)
+            return
         if key == "#":
             self._send_digits(out, now)
             return
@@ -479,15 +744,29 @@ class CallSession:
         if not self._responses.idle or self._speaking or self._guarantee.awaiting_reask:
             return
         self._closing = Closing.PLAYING_OUT
-        self._played_out_at = now + self._playback.remaining_seconds(now)
+        if not self._playback.playing:
+            self._end_as_closing(out)  # nothing left to hear
+            return
+        # Ends when the last mark comes back; this is the bound if it never does.
+        self._played_out_at = now + self._playback.remaining_seconds(now) + MARK_MARGIN
         out.append(Wake(self._played_out_at))
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
-    def _end(self, out: list[Effect], reason: EndReason, detail: str = "") -> None:
+    def _end(
+        self,
+        out: list[Effect],
+        reason: EndReason,
+        detail: str = "",
+        next_step: NextStep | None = None,
+    ) -> None:
         if not self._ended:
             self._ended = True
-            out.append(EndCall(reason, detail))
+            out.append(EndCall(reason, detail, next_step))
+
+    def _end_as_closing(self, out: list[Effect]) -> None:
+        exit_ = self._exit
+        self._end(out, exit_.reason, exit_.detail, exit_.next_step)
 
     def _add_turn(self, out: list[Effect], turn: Turn) -> None:
         self._turns[turn.item_id] = turn

@@ -21,14 +21,17 @@ from collections.abc import Awaitable, Callable
 from starlette.websockets import WebSocket
 
 from bridge import metrics, realtime, twilio
+from bridge.after_stream import MemoryNextSteps, NextStep, NextSteps
 from bridge.call.effects import (
     CallEnded,
     Effect,
     EndCall,
     Noted,
+    RunTool,
     Synthesize,
     ToCaller,
     ToModel,
+    ToolCallChanged,
     TurnChanged,
     Wake,
 )
@@ -41,12 +44,14 @@ from bridge.logs import call_sid_var, mask_number
 from bridge.profiles import Profile
 from bridge.record import CallRecord, EndReason, Recorder
 from bridge.settings import Settings
+from bridge.tools.http import ToolResult, ToolRunner
 from bridge.tts import SpeechClient
 from bridge.upstream import open_session
 
 logger = logging.getLogger(__name__)
 
 FINALISE_TIMEOUT = 2.0
+TOOLS_IN_FLIGHT = 4  # HTTP tools one call runs at once; more wait their turn
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,6 +64,9 @@ class CallServices:
     speech: SpeechClient
     # Refuses (ProtocolViolation) a stream token another worker or replica already used.
     claim_stream: Callable[[twilio.Start], Awaitable[None]] | None = None
+    tools: ToolRunner | None = None  # runs HTTP tools (None: a tool call gets an error output)
+    # Where the call leaves what Twilio does after the stream (`<Connect action>`).
+    next_steps: NextSteps = dataclasses.field(default_factory=MemoryNextSteps)
 
 
 class Call:
@@ -76,6 +84,7 @@ class Call:
         self._ending = asyncio.Event()
         self._timers = Timers(self._loop)
         self._goodbye: str | None = None  # a shutdown asked for before the session existed
+        self._tools_in_flight = asyncio.Semaphore(TOOLS_IN_FLIGHT)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -86,6 +95,7 @@ class Call:
 
     async def _run(self) -> CallRecord:
         reason, detail = EndReason.INTERNAL_ERROR, ""
+        next_step: NextStep | None = None
         try:
             start = await self._caller.wait_for_start(self.record)
             session = await self._begin(start)
@@ -109,7 +119,7 @@ class Call:
             # The session's own end comes first: a pump may see its effect (a closed socket).
             ended = self._ended or group.exceptions[0]
             assert isinstance(ended, CallEnded)
-            reason, detail = ended.reason, ended.detail
+            reason, detail, next_step = ended.reason, ended.detail, ended.next_step
         except* UpstreamRejected as group:
             metrics.realtime_error("rejected")
             reason, detail = EndReason.UPSTREAM_REJECTED, str(group.exceptions[0])
@@ -121,7 +131,7 @@ class Call:
             logger.error("call failed", exc_info=group.exceptions[0])
             reason, detail = EndReason.INTERNAL_ERROR, repr(group.exceptions[0])
         finally:
-            await self._finish(reason, detail)
+            await self._finish(reason, detail, next_step)
         return self.record
 
     async def _begin(self, start: twilio.Start) -> CallSession:
@@ -146,7 +156,7 @@ class Call:
         )
         return session
 
-    async def _finish(self, reason: EndReason, detail: str) -> None:
+    async def _finish(self, reason: EndReason, detail: str, next_step: NextStep | None) -> None:
         self._tg = None  # closed: a late shutdown() has nothing left to start
         record = self.record
         record.ended_at = time.time()
@@ -154,11 +164,15 @@ class Call:
         record.end_detail = detail
         session = self._session
         if session is not None:
-            session.finish(self._loop.time())
+            for effect in session.finish(self._loop.time()):
+                if isinstance(effect, ToolCallChanged):
+                    self._services.recorder.tool_call_updated(record, effect.tool_call)
         if reason is EndReason.SERVER_SHUTDOWN or reason is EndReason.MAX_DURATION:
             with contextlib.suppress(TimeoutError):  # the goodbye's last words, if still queued
                 async with asyncio.timeout(FINALISE_TIMEOUT):
                     await self._caller.writer.flush()
+        if next_step is not None:
+            await self._save_next_step(next_step)
         try:
             async with asyncio.timeout(FINALISE_TIMEOUT):
                 await self._caller.close(reason)
@@ -168,6 +182,15 @@ class Call:
         if session is not None:
             self._services.recorder.call_ended(record)
         logger.info("call ended %s", record.summary())
+
+    async def _save_next_step(self, step: NextStep) -> None:
+        """Before the stream closes: Twilio asks for the next step right after, maybe of
+        another worker. If it cannot be saved, the caller is hung up on (logged)."""
+        try:
+            async with asyncio.timeout(FINALISE_TIMEOUT):
+                await self._services.next_steps.save(self.record.call_sid, step)
+        except Exception as exc:  # storage trouble must not keep the call from closing
+            logger.error("could not save the call's next step (%s): %r", step.action, exc)
 
     @property
     def profile(self) -> Profile | None:
@@ -200,11 +223,16 @@ class Call:
                 self._services.recorder.call_event(self.record, effect.event)
             elif isinstance(effect, Wake):
                 self._timers.wake_at(effect.at)
+            elif isinstance(effect, ToolCallChanged):
+                self._services.recorder.tool_call_updated(self.record, effect.tool_call)
+            elif isinstance(effect, RunTool):
+                assert self._tg is not None
+                self._tg.create_task(self._run_tool(effect), name=f"tool_{effect.tool.name}")
             elif isinstance(effect, Synthesize):
                 assert self._tg is not None
                 self._tg.create_task(self._synthesize(effect), name="tts_fallback")
             elif isinstance(effect, EndCall):
-                self._end(CallEnded(effect.reason, effect.detail))
+                self._end(CallEnded(effect.reason, effect.detail, effect.next_step))
 
     def _end(self, ended: CallEnded) -> None:
         if self._ended is None:
@@ -225,6 +253,18 @@ class Call:
             self._apply(session.speech_failed(request.request, str(exc), self._loop.time()))
             return
         self._apply(session.speech_ready(request.request, pcm, request.text, self._loop.time()))
+
+    async def _run_tool(self, request: RunTool) -> None:
+        """One HTTP tool, beside the audio: a slow endpoint never stalls the pumps."""
+        session = self._session
+        assert session is not None
+        runner = self._services.tools
+        if runner is None:
+            result = ToolResult(False, '{"error": "tools are not available"}', "no tool runner")
+        else:
+            async with self._tools_in_flight:
+                result = await runner.run(request.tool, request.arguments)
+        self._apply(session.tool_done(request.call_id, result, self._loop.time()))
 
     # ---- caller -> model -----------------------------------------------------------------------
 

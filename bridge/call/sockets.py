@@ -35,6 +35,8 @@ CLOSE_CODES = {
     EndReason.CALLER_HANGUP: 1000,
     EndReason.MAX_DURATION: 1000,
     EndReason.SERVER_SHUTDOWN: 1001,
+    EndReason.ASSISTANT_HANGUP: 1000,
+    EndReason.TRANSFERRED: 1000,
     EndReason.PROTOCOL_ERROR: 1008,
 }
 

@@ -1,4 +1,5 @@
-"""Realtime simulator settings, and the GA session object: defaults, validation, `session.update`.
+"""Realtime simulator settings, and the GA session object: defaults, validation, `session.update`
+(tools and tool choice included).
 
 Pure functions over plain dicts, so the session rules are testable without sockets.
 """
@@ -8,9 +9,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import json
+import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,13 +23,18 @@ __all__ = [
     "ClientError",
     "Mode",
     "SimConfig",
+    "SimToolCall",
+    "added_mcp_servers",
     "apply_session_update",
     "default_session",
     "default_turn_detection",
+    "mcp_allowed",
     "missing",
     "require",
     "validate_audio_format",
     "validate_output_modalities",
+    "validate_tool_choice",
+    "validate_tools",
 ]
 
 _T = TypeVar("_T")
@@ -56,6 +64,25 @@ GA_SESSION_KEYS = frozenset(
 )
 AUDIO_FORMATS = frozenset({"audio/pcm", "audio/pcmu", "audio/pcma"})
 TURN_DETECTION_TYPES = frozenset({"server_vad", "semantic_vad"})
+FUNCTION_TOOL_KEYS = frozenset({"type", "name", "description", "parameters"})
+MCP_TOOL_KEYS = frozenset(
+    {
+        "type",
+        "server_label",
+        "server_url",
+        "connector_id",
+        "tunnel_id",
+        "authorization",
+        "headers",
+        "allowed_tools",
+        "allowed_callers",
+        "require_approval",
+        "server_description",
+        "defer_loading",
+    }
+)
+TOOL_CHOICE_OPTIONS = frozenset({"none", "auto", "required"})
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 class Mode(enum.StrEnum):
@@ -71,6 +98,26 @@ class Mode(enum.StrEnum):
     )
     REJECT_CONNECT = "reject-connect"  # refuse the WebSocket handshake (HTTP 403)
     ERROR_ON_CONNECT = "error-on-connect"  # accept, send `error` (invalid_api_key), close 1008
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimToolCall:
+    """A tool call the simulated model makes: a function call the client runs, or (with
+    `server_label`) an MCP call the service runs itself, answered with `output` or `error`."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)  # str: verbatim
+    server_label: str = ""
+    output: str = ""
+    error: str = ""
+    call_id: str = ""  # empty: a generated `call_...`
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as sent on the wire."""
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(dict(self.arguments), separators=(",", ":"))
 
 
 @dataclasses.dataclass
@@ -94,6 +141,17 @@ class SimConfig:
     # Keep input audio (`input_audio`, `input_ulaw`, append payloads); benchmarks turn it off.
     record_input: bool = True
     drop_after_deltas: int = 3  # DROP_MID_RESPONSE: audio deltas sent before the abort
+    # Answer index -> the tool calls of that response. Answers are the responses that reply to
+    # the caller: started by turn detection or by `response.create` without instructions, and
+    # not right after a `function_call_output`. Counted per session from 0.
+    tool_calls: Mapping[int, Sequence[SimToolCall]] = dataclasses.field(default_factory=dict)
+    # MCP server_label -> its tool names, for `mcp_list_tools`; a label not here fails to list.
+    mcp_tools: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    mcp_call_ms: int = 0  # how long the "service" waits for an MCP server's answer
+    # If set: (tool name, tool output) -> what the model says after a tool result: the response
+    # after a `function_call_output`, or the message after MCP calls (the last one's output, or
+    # its error if it failed). Unset: the `replies` cycle.
+    tool_reply: Callable[[str, str], str] | None = None
 
 
 class ClientError(Exception):
@@ -269,6 +327,11 @@ def apply_session_update(
         clean["output_modalities"] = validate_output_modalities(
             clean["output_modalities"], "session.output_modalities"
         )
+    # Tools and tool choice replace the old ones whole (a dict choice is not merged).
+    if "tools" in clean:
+        new["tools"] = validate_tools(clean.pop("tools"), "session.tools")
+    if "tool_choice" in clean:
+        new["tool_choice"] = validate_tool_choice(clean.pop("tool_choice"), "session.tool_choice")
     audio = _require_dict(clean.pop("audio", {}), "session.audio")
     _deep_merge(new, clean)
     for direction in ("input", "output"):
@@ -313,3 +376,141 @@ def _merge_turn_detection(old: Any, value: Any) -> dict[str, Any] | None:
     )
     _deep_merge(base, value)
     return base
+
+
+def validate_tools(value: Any, param: str) -> list[dict[str, Any]]:
+    """Function and MCP tool definitions, checked lightly as the service does (a copy)."""
+    if not isinstance(value, list):
+        raise ClientError(f"Invalid type for '{param}': expected an array.", param=param)
+    tools: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for i, raw in enumerate(value):
+        at = f"{param}[{i}]"
+        tool = _require_dict(raw, at)
+        kind = tool.get("type")
+        if kind is None:
+            raise missing(f"{at}.type")
+        if kind == "function":
+            _known_keys(tool, FUNCTION_TOOL_KEYS, at)
+            name = tool.get("name")
+            if name is None:
+                raise missing(f"{at}.name")
+            if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+                raise ClientError(
+                    f"Invalid '{at}.name': string does not match pattern. Expected a string "
+                    "that matches the pattern '^[a-zA-Z0-9_-]+$' (at most 64 characters).",
+                    code="invalid_value",
+                    param=f"{at}.name",
+                )
+            if "parameters" in tool and not isinstance(tool["parameters"], dict):
+                raise ClientError(
+                    f"Invalid type for '{at}.parameters': expected an object.",
+                    param=f"{at}.parameters",
+                )
+            key = f"function:{name}"
+        elif kind == "mcp":
+            _known_keys(tool, MCP_TOOL_KEYS, at)
+            label = tool.get("server_label")
+            if not isinstance(label, str) or not label:
+                raise missing(f"{at}.server_label")
+            if not any(tool.get(k) for k in ("server_url", "connector_id", "tunnel_id")):
+                raise ClientError(
+                    f"One of 'server_url', 'connector_id' or 'tunnel_id' must be provided for "
+                    f"'{at}'.",
+                    code="missing_required_parameter",
+                    param=f"{at}.server_url",
+                )
+            _check_allowed_tools(tool.get("allowed_tools"), f"{at}.allowed_tools")
+            approval = tool.get("require_approval")
+            if not (
+                approval is None or approval in ("always", "never") or isinstance(approval, dict)
+            ):
+                raise ClientError(
+                    f"Invalid value: '{approval}'. Supported values are: 'always' and 'never'.",
+                    param=f"{at}.require_approval",
+                )
+            headers = tool.get("headers")
+            if headers is not None and (
+                not isinstance(headers, dict)
+                or not all(isinstance(v, str) for v in headers.values())
+            ):
+                raise ClientError(
+                    f"Invalid type for '{at}.headers': expected an object of strings.",
+                    param=f"{at}.headers",
+                )
+            key = f"mcp:{label}"
+        else:
+            raise ClientError(
+                f"Invalid value: '{kind}'. Supported values are: 'function' and 'mcp'.",
+                param=f"{at}.type",
+            )
+        if key in names:
+            what = "function name" if kind == "function" else "MCP server_label"
+            raise ClientError(
+                f"Duplicate {what} in '{param}': '{key.partition(':')[2]}'.", param=at
+            )
+        names.add(key)
+        tools.append(copy.deepcopy(tool))
+    return tools
+
+
+def validate_tool_choice(value: Any, param: str) -> str | dict[str, Any]:
+    """`none`, `auto`, `required`, a function (`{"type":"function","name"}`) or an MCP
+    server's tool (`{"type":"mcp","server_label","name"?}`)."""
+    if isinstance(value, str):
+        if value not in TOOL_CHOICE_OPTIONS:
+            raise ClientError(
+                f"Invalid value: '{value}'. Supported values are: 'none', 'auto' and 'required'.",
+                param=param,
+            )
+        return value
+    choice = _require_dict(value, param)
+    kind = choice.get("type")
+    if kind == "function":
+        if not isinstance(choice.get("name"), str):
+            raise missing(f"{param}.name")
+    elif kind == "mcp":
+        if not isinstance(choice.get("server_label"), str):
+            raise missing(f"{param}.server_label")
+    else:
+        raise ClientError(
+            f"Invalid value: '{kind}'. Supported values are: 'function' and 'mcp'.",
+            param=f"{param}.type",
+        )
+    return dict(choice)
+
+
+def added_mcp_servers(old_tools: Any, new_tools: Any) -> list[dict[str, Any]]:
+    """The MCP tools of `new_tools` that `old_tools` did not have as they are now: the servers
+    a `session.update` makes the service list."""
+    old = [tool for tool in old_tools or () if tool.get("type") == "mcp"]
+    return [tool for tool in new_tools or () if tool.get("type") == "mcp" and tool not in old]
+
+
+def mcp_allowed(tool: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """`names` filtered by the tool's `allowed_tools` (a list of names, or `{"tool_names"}`)."""
+    allowed = tool.get("allowed_tools")
+    if isinstance(allowed, dict):
+        allowed = allowed.get("tool_names")
+    if allowed is None:
+        return list(names)
+    return [name for name in names if name in allowed]
+
+
+def _known_keys(tool: dict[str, Any], known: frozenset[str], at: str) -> None:
+    for key in tool:
+        if key not in known:
+            raise ClientError(
+                f"Unknown parameter: '{at}.{key}'.", code="unknown_parameter", param=f"{at}.{key}"
+            )
+
+
+def _check_allowed_tools(value: Any, param: str) -> None:
+    if value is None:
+        return
+    names = value.get("tool_names", []) if isinstance(value, dict) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ClientError(
+            f"Invalid type for '{param}': expected an array of tool names or a filter object.",
+            param=param,
+        )

@@ -1,6 +1,7 @@
 """Conversation items of the Realtime simulator, as GA shapes, and the server events' ids.
 
-`item_from_client` validates a `conversation.item.create` as the GA service does.
+`item_from_client` validates a `conversation.item.create` as the GA service does; the tool
+items (function calls, MCP calls and tool listings) are built here too.
 """
 
 from __future__ import annotations
@@ -8,11 +9,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import secrets
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from bridge.sim.realtime_config import ClientError, missing
 
-__all__ = ["Event", "EventFactory", "Item", "item_from_client"]
+__all__ = [
+    "Event",
+    "EventFactory",
+    "Item",
+    "function_call_item",
+    "item_from_client",
+    "mcp_call_item",
+    "mcp_list_tools",
+]
 
 Event = dict[str, Any]
 
@@ -141,13 +151,15 @@ _CONTENT_TYPES = {
 }
 
 
-def item_from_client(raw: dict[str, Any], item_id: str) -> Item:
+def item_from_client(
+    raw: dict[str, Any], item_id: str, *, call_ids: Collection[str] | None = None
+) -> Item:
     """The item of a `conversation.item.create`, validated as GA does (assistant text is
-    `output_text`, never the beta `text`)."""
+    `output_text`, never the beta `text`). With `call_ids`, a `function_call_output` must
+    answer one of those calls."""
     kind = raw.get("type")
     if kind in ("function_call", "function_call_output"):
-        extra = {k: v for k, v in raw.items() if k in ("call_id", "name", "arguments", "output")}
-        return Item(item_id, kind, None, [], extra=extra)
+        return _tool_item(raw, item_id, kind, call_ids)
     if kind != "message":
         raise ClientError(
             f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call' and "
@@ -175,3 +187,87 @@ def item_from_client(raw: dict[str, Any], item_id: str) -> Item:
         # Input audio bytes are not kept, and never repeated in later events.
         content.append({k: v for k, v in part.items() if k != "audio"})
     return Item(item_id, "message", role, content)
+
+
+def _tool_item(
+    raw: dict[str, Any], item_id: str, kind: str, call_ids: Collection[str] | None
+) -> Item:
+    required = ("name", "arguments") if kind == "function_call" else ("call_id", "output")
+    for name in (*required, "call_id"):
+        if name not in raw:
+            if name in required:
+                raise missing(f"item.{name}")
+        elif not isinstance(raw[name], str):
+            raise ClientError(
+                f"Invalid type for 'item.{name}': expected a string.",
+                code="invalid_type",
+                param=f"item.{name}",
+            )
+    if kind == "function_call_output" and call_ids is not None and raw["call_id"] not in call_ids:
+        raise ClientError(
+            f"No tool call found for function call output with call_id {raw['call_id']}.",
+            param="item.call_id",
+        )
+    extra: dict[str, Any] = {
+        k: raw[k] for k in ("call_id", "name", "arguments", "output") if k in raw
+    }
+    return Item(item_id, kind, None, [], extra=extra)
+
+
+def function_call_item(item_id: str, call_id: str, name: str) -> Item:
+    """A function call the model is about to stream (arguments still empty)."""
+    extra = {"call_id": call_id, "name": name, "arguments": ""}
+    return Item(item_id, "function_call", None, [], status="in_progress", extra=extra)
+
+
+def mcp_call_item(item_id: str, server_label: str, name: str) -> Item:
+    """An MCP tool call the service is about to run (arguments, output and error still empty)."""
+    extra: dict[str, Any] = {
+        "server_label": server_label,
+        "name": name,
+        "arguments": "",
+        "approval_request_id": None,
+        "output": None,
+        "error": None,
+    }
+    return Item(item_id, "mcp_call", None, [], status="in_progress", extra=extra)
+
+
+def mcp_list_tools(
+    ev: EventFactory,
+    item_id: str,
+    server_label: str,
+    tools: Sequence[str] | None,
+    previous: str | None,
+) -> tuple[Item, list[Event]]:
+    """Listing one MCP server's tools: the item and its events, from `in_progress` to
+    `completed` with the tools filled in (`tools`), or to `failed` (None)."""
+    item = Item(
+        item_id,
+        "mcp_list_tools",
+        None,
+        [],
+        status="in_progress",
+        extra={"server_label": server_label, "tools": []},
+    )
+    events = [
+        ev.event("mcp_list_tools.in_progress", item_id=item_id),
+        ev.event("conversation.item.added", item=item.wire(), previous_item_id=previous),
+    ]
+    if tools is None:
+        item.status = "incomplete"
+        events.append(ev.event("mcp_list_tools.failed", item_id=item_id))
+    else:
+        item.status = "completed"
+        item.extra["tools"] = [
+            {
+                "name": name,
+                "description": f"{name} on {server_label} (simulated).",
+                "input_schema": {"type": "object", "properties": {}},
+                "annotations": None,
+            }
+            for name in tools
+        ]
+        events.append(ev.event("mcp_list_tools.completed", item_id=item_id))
+    events.append(ev.event("conversation.item.done", item=item.wire(), previous_item_id=previous))
+    return item, events

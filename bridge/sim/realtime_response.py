@@ -1,7 +1,9 @@
 """One streaming response of the Realtime simulator, as GA server events (items: realtime_items).
 
 Sans-I/O: a `ResponseStream` yields its opening events, one pacing step of deltas at a time, and
-its closing events (completed or cancelled); the session decides when.
+its closing events (completed or cancelled); the session decides when. Output items in order:
+MCP calls (one pacing step each, with a pause for the server's answer), the message (absent
+when a response with tool calls has nothing to say), then function calls (at the end).
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from typing import Any
 
 import orjson
 
-from bridge.sim.realtime_items import Event, EventFactory, Item, item_from_client
+from bridge.sim.realtime_config import SimToolCall
+from bridge.sim.realtime_items import (
+    Event,
+    EventFactory,
+    Item,
+    function_call_item,
+    item_from_client,
+    mcp_call_item,
+)
 from bridge.sim.realtime_media import EncodedAudio
 
 __all__ = ["Event", "EventFactory", "Item", "ResponseStream", "item_from_client"]
@@ -34,15 +44,29 @@ class ResponseStream:
     text: str
     audio_format: dict[str, Any]
     voice: Any
-    in_conversation: bool
-    previous_item_id: str | None
+    conversation: dict[str, Item] | None  # where output items go; None: out of band
     metadata: Any
     render: Callable[[], EncodedAudio]
     audio: EncodedAudio | None = None
     next_chunk: int = 0
     words_sent: int = 0
     drop_after: int | None = None  # DROP_MID_RESPONSE: abort after this many audio deltas
+    mcp_calls: list[SimToolCall] = dataclasses.field(default_factory=list)  # still to run
+    function_calls: list[SimToolCall] = dataclasses.field(default_factory=list)  # at the end
+    has_message: bool = True
+    mcp_call_ms: int = 0  # the pause an MCP call takes
+    hold_ms: int = 0  # a pause before the next step, requested of the pacer (`take_hold_ms`)
+    outputs: list[Item] = dataclasses.field(default_factory=list)  # output items so far
+    message_index: int = 0  # output_index of the message
+    _index: dict[str, int] = dataclasses.field(default_factory=dict)  # item id -> output_index
+    _previous: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    _running: Item | None = None  # the MCP call waiting for its server
     _wire_part: bytes = b""  # the part fields as JSON, built on the first serialised step
+
+    @property
+    def in_conversation(self) -> bool:
+        """Whether output items join the conversation (`conversation: auto`)."""
+        return self.conversation is not None
 
     @property
     def words(self) -> list[str]:
@@ -52,6 +76,8 @@ class ResponseStream:
     @property
     def exhausted(self) -> bool:
         """Everything generated: the next step only closes the response."""
+        if self.mcp_calls:
+            return False
         if self.modality == "text":
             return self.words_sent >= len(self.words)
         return self.next_chunk >= len(self.ensure_audio().chunks)
@@ -62,24 +88,28 @@ class ResponseStream:
             self.audio = self.render()
         return self.audio
 
+    def take_hold_ms(self) -> int:
+        """The pause the pacer owes before the next step (an MCP call running), once."""
+        hold, self.hold_ms = self.hold_ms, 0
+        return hold
+
     def opening(self, ev: EventFactory) -> list[Event]:
-        """`response.created` up to `response.content_part.added` (the item has no content yet)."""
-        item = self.item
+        """`response.created` up to the first MCP call's `in_progress`, or to the message's
+        `response.content_part.added` (the item has no content yet)."""
         events = [
             ev.event("response.created", response=self.response_object("in_progress")),
             ev.event("rate_limits.updated", rate_limits=RATE_LIMITS),
-            ev.event(
-                "response.output_item.added", response_id=self.id, output_index=0, item=item.wire()
-            ),
         ]
-        if self.in_conversation:
-            events.append(
-                ev.event(
-                    "conversation.item.added",
-                    item=item.wire(),
-                    previous_item_id=self.previous_item_id,
-                )
-            )
+        if self.mcp_calls:
+            return events + self._start_mcp(ev)
+        return events + self._open_message(ev)
+
+    def _open_message(self, ev: EventFactory) -> list[Event]:
+        if not self.has_message:
+            return []
+        item = self.item
+        self.message_index = len(self.outputs)
+        events = self._open_item(ev, item)
         # Content parts in these events say "audio"/"text"; items say "output_audio"/"output_text".
         if self.modality == "audio":
             item.content = [{"type": "output_audio", "transcript": ""}]
@@ -90,8 +120,106 @@ class ResponseStream:
         events.append(self._part_event(ev, "response.content_part.added", part=part))
         return events
 
+    def _open_item(self, ev: EventFactory, item: Item) -> list[Event]:
+        """`response.output_item.added`, and the item joins the conversation."""
+        index = self._index[item.id] = len(self.outputs)
+        self.outputs.append(item)
+        events = [
+            ev.event(
+                "response.output_item.added",
+                response_id=self.id,
+                output_index=index,
+                item=item.wire(),
+            )
+        ]
+        conversation = self.conversation
+        if conversation is not None:
+            previous = self._previous[item.id] = next(reversed(conversation), None)
+            conversation[item.id] = item
+            events.append(
+                ev.event("conversation.item.added", item=item.wire(), previous_item_id=previous)
+            )
+        return events
+
+    def _close_item(self, ev: EventFactory, item: Item) -> list[Event]:
+        """`response.output_item.done`, and `conversation.item.done` unless it was deleted."""
+        events = [
+            ev.event(
+                "response.output_item.done",
+                response_id=self.id,
+                output_index=self._index[item.id],
+                item=item.wire(),
+            )
+        ]
+        if self.conversation is not None and item.id in self.conversation:
+            events.append(
+                ev.event(
+                    "conversation.item.done",
+                    item=item.wire(),
+                    previous_item_id=self._previous.get(item.id),
+                )
+            )
+        return events
+
+    def _arguments(self, ev: EventFactory, kind: str, item: Item, arguments: str) -> list[Event]:
+        """The arguments streamed in (up to) two deltas, then `done`."""
+        fields: Event = {"response_id": self.id, "item_id": item.id}
+        fields["output_index"] = self._index[item.id]
+        if kind == "response.function_call_arguments":
+            fields["call_id"] = item.extra["call_id"]
+        half = (len(arguments) + 1) // 2
+        pieces = [p for p in (arguments[:half], arguments[half:]) if p] or [""]
+        events = [ev.event(f"{kind}.delta", **fields, delta=piece) for piece in pieces]
+        if kind == "response.function_call_arguments":
+            fields["name"] = item.extra["name"]
+        item.extra["arguments"] = arguments
+        events.append(ev.event(f"{kind}.done", **fields, arguments=arguments))
+        return events
+
+    def _start_mcp(self, ev: EventFactory) -> list[Event]:
+        """The head MCP call, up to `response.mcp_call.in_progress`; its answer waits a pause."""
+        call = self.mcp_calls[0]
+        item = self._running = mcp_call_item(ev.new_id("item"), call.server_label, call.name)
+        events = self._open_item(ev, item)
+        events += self._arguments(ev, "response.mcp_call_arguments", item, call.arguments_json)
+        events.append(self._mcp_event(ev, "response.mcp_call.in_progress", item))
+        self.hold_ms = self.mcp_call_ms
+        return events
+
+    def _finish_mcp(self, ev: EventFactory) -> list[Event]:
+        """The running MCP call's answer, then the next call or the message."""
+        call = self.mcp_calls.pop(0)
+        item = self._running
+        assert item is not None
+        self._running = None
+        item.status = "completed"
+        if call.error:
+            item.extra["error"] = {"type": "tool_execution_error", "message": call.error}
+            events = [self._mcp_event(ev, "response.mcp_call.failed", item)]
+        else:
+            item.extra["output"] = call.output
+            events = [self._mcp_event(ev, "response.mcp_call.completed", item)]
+        events += self._close_item(ev, item)
+        if self.mcp_calls:
+            return events + self._start_mcp(ev)
+        return events + self._open_message(ev)
+
+    def _mcp_event(self, ev: EventFactory, kind: str, item: Item) -> Event:
+        return ev.event(kind, item_id=item.id, output_index=self._index[item.id])
+
+    def _function_call(self, ev: EventFactory, call: SimToolCall) -> list[Event]:
+        """One function call, from `response.output_item.added` to `conversation.item.done`."""
+        item = function_call_item(ev.new_id("item"), call.call_id or ev.new_id("call"), call.name)
+        events = self._open_item(ev, item)
+        events += self._arguments(ev, "response.function_call_arguments", item, call.arguments_json)
+        item.status = "completed"
+        return events + self._close_item(ev, item)
+
     def step(self, ev: EventFactory) -> list[Event]:
-        """The next audio delta (with its share of transcript), or all text deltas at once."""
+        """The next audio delta (with its share of transcript), or all text deltas at once; while
+        MCP calls run, the next call's answer instead."""
+        if self.mcp_calls:
+            return self._finish_mcp(ev)
         if self.modality == "text":
             words = self.words[self.words_sent :]
             first = self.words_sent == 0
@@ -123,9 +251,13 @@ class ResponseStream:
         part = self._wire_part
         if not part:
             part = self._wire_part = (
-                orjson.dumps({"response_id": self.id, "item_id": self.item.id, "output_index": 0})[
-                    1:-1
-                ]
+                orjson.dumps(
+                    {
+                        "response_id": self.id,
+                        "item_id": self.item.id,
+                        "output_index": self.message_index,
+                    }
+                )[1:-1]
                 + b',"content_index":0'
             )
         new_id = ev.new_id
@@ -159,15 +291,30 @@ class ResponseStream:
         return k, delta
 
     def closing(
-        self,
-        ev: EventFactory,
-        status: str,
-        *,
-        reason: str | None,
-        usage: Event,
-        item_in_conversation: bool,
+        self, ev: EventFactory, status: str, *, reason: str | None, usage: Event
     ) -> list[Event]:
-        """`*.done` events down to `response.done`, for a `completed` or `cancelled` response."""
+        """`*.done` events down to `response.done`, for a `completed` or `cancelled` response;
+        a completed one makes its function calls first."""
+        events: list[Event] = []
+        running = self._running
+        if running is not None:  # cancelled while an MCP server was answering
+            self._running = None
+            running.status = "incomplete"
+            events += self._close_item(ev, running)
+        if self.item.id in self._index:
+            events += self._close_message(ev, status)
+        if status == "completed":
+            for call in self.function_calls:
+                events += self._function_call(ev, call)
+        done = self.response_object(status)
+        if reason is not None:
+            done["status_details"] = {"type": status, "reason": reason}
+        done["output"] = [item.wire() for item in self.outputs]
+        done["usage"] = usage
+        events.append(ev.event("response.done", response=done))
+        return events
+
+    def _close_message(self, ev: EventFactory, status: str) -> list[Event]:
         item = self.item
         item.status = "completed" if status == "completed" else "incomplete"
         said = " ".join(self.words[: self.words_sent])
@@ -189,26 +336,7 @@ class ResponseStream:
                     ev, "response.content_part.done", part={"type": "text", "text": said}
                 ),
             ]
-        events.append(
-            ev.event(
-                "response.output_item.done", response_id=self.id, output_index=0, item=item.wire()
-            )
-        )
-        if self.in_conversation and item_in_conversation:
-            events.append(
-                ev.event(
-                    "conversation.item.done",
-                    item=item.wire(),
-                    previous_item_id=self.previous_item_id,
-                )
-            )
-        done = self.response_object(status)
-        if reason is not None:
-            done["status_details"] = {"type": status, "reason": reason}
-        done["output"] = [item.wire()]
-        done["usage"] = usage
-        events.append(ev.event("response.done", response=done))
-        return events
+        return events + self._close_item(ev, item)
 
     def response_object(self, status: str) -> Event:
         """The `response` of `response.created` / `response.done` (output and usage empty)."""
@@ -218,7 +346,7 @@ class ResponseStream:
             "status": status,
             "status_details": None,
             "output": [],
-            "conversation_id": "conv_default" if self.in_conversation else None,
+            "conversation_id": "conv_default" if self.conversation is not None else None,
             "output_modalities": self.requested,
             "max_output_tokens": "inf",
             "audio": {"output": {"format": self.audio_format, "voice": self.voice}},
@@ -248,7 +376,7 @@ class ResponseStream:
             kind,
             response_id=self.id,
             item_id=self.item.id,
-            output_index=0,
+            output_index=self.message_index,
             content_index=0,
             **fields,
         )

@@ -134,6 +134,8 @@ class _Connection:
         step = 0
         try:
             while True:
+                # An MCP call in progress: its answer, and every later step, comes this much later.
+                start += stream.take_hold_ms() / 1000.0
                 interval = config.chunk_ms / 1000.0 / config.speedup if config.speedup > 0 else 0.0
                 delay = start + step * interval - loop.time()
                 # Sleep even when late: a send never yields, so this keeps other sessions fed.

@@ -1,10 +1,10 @@
 """Sans-I/O state machine of one simulated GA Realtime session: client events in, server events out.
 
 The bindings feed parsed client events and pacing ticks (`advance`); nothing here awaits, so
-every rule (VAD, cancel, truncate, modality quirks) is a plain method call. Two bindings: the
-simulator for tests and the demo (`realtime_server`), and the benchmark's lean model side
-(`bridge.bench.model`), which hands decoded appends straight to `append_audio` and takes audio
-deltas pre-serialised (`advance_serialised`).
+every rule (VAD, cancel, truncate, modality quirks, scripted tool calls) is a plain method call.
+Two bindings: the simulator for tests and the demo (`realtime_server`), and the benchmark's lean
+model side (`bridge.bench.model`), which hands decoded appends straight to `append_audio` and
+takes audio deltas pre-serialised (`advance_serialised`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -22,14 +22,20 @@ from bridge.sim.realtime_config import (
     ClientError,
     Mode,
     SimConfig,
+    SimToolCall,
+    added_mcp_servers,
     apply_session_update,
     default_session,
+    mcp_allowed,
     missing,
     require,
     validate_audio_format,
     validate_output_modalities,
+    validate_tool_choice,
+    validate_tools,
 )
-from bridge.sim.realtime_media import InputDecoder, bytes_per_ms, reply_renderer
+from bridge.sim.realtime_items import mcp_list_tools
+from bridge.sim.realtime_media import EncodedAudio, InputDecoder, bytes_per_ms, reply_renderer
 from bridge.sim.realtime_response import (
     Event,
     EventFactory,
@@ -65,6 +71,7 @@ class RealtimeSessionState:
         self._input_ms_total = 0.0
         self._speech_item_id: str | None = None
         self._reply_index = 0
+        self._answers = 0  # responses so far that answered the caller (keys of `tool_calls`)
         self._transcript_index = 0
         self._handlers: dict[str, Callable[[Event], list[Event]]] = {
             "session.update": self._session_update,
@@ -141,7 +148,7 @@ class RealtimeSessionState:
         stream = self.response
         if stream is None:
             return []
-        if stream.modality != "audio":
+        if stream.modality != "audio" or stream.mcp_calls:
             return [orjson.dumps(event) for event in self.advance()]
         out = stream.step_serialised(self._ev)
         after = self._after_step(stream)
@@ -165,11 +172,25 @@ class RealtimeSessionState:
     def _session_update(self, event: Event) -> list[Event]:
         if "session" not in event:
             raise missing("session")
+        old_tools = self.session.get("tools")
         self.session = apply_session_update(
             self.session, event["session"], audio_produced=self.audio_produced
         )
         self._input_settings()
-        return [self._ev.event("session.updated", session=self.session)]
+        events = [self._ev.event("session.updated", session=self.session)]
+        for tool in added_mcp_servers(old_tools, self.session.get("tools")):
+            label = tool["server_label"]
+            names = self.config.mcp_tools.get(label)
+            item, listed = mcp_list_tools(
+                self._ev,
+                self._ev.new_id("item"),
+                label,
+                None if names is None else mcp_allowed(tool, names),
+                self._last_item_id(),
+            )
+            self.items[item.id] = item
+            events += listed
+        return events
 
     def _append(self, event: Event) -> list[Event]:
         audio = require(event, "audio", str)
@@ -281,7 +302,8 @@ class RealtimeSessionState:
         item_id = raw.get("id") or self._ev.new_id("item")
         if not isinstance(item_id, str) or item_id in self.items:
             raise ClientError(f"Invalid 'item.id': '{item_id}' is already in use.", param="item.id")
-        item = item_from_client(raw, item_id)
+        answers = raw.get("type") == "function_call_output"
+        item = item_from_client(raw, item_id, call_ids=self._known_call_ids() if answers else None)
         previous = self._last_item_id()
         self.items[item_id] = item
         return [
@@ -352,6 +374,12 @@ class RealtimeSessionState:
         output = (params.get("audio") or {}).get("output") or {}
         if "format" in output:
             validate_audio_format(output["format"], "response.audio.output.format")
+        if "tools" in params:
+            params["tools"] = validate_tools(params["tools"], "response.tools")
+        if "tool_choice" in params:
+            params["tool_choice"] = validate_tool_choice(
+                params["tool_choice"], "response.tool_choice"
+            )
         if params.get("conversation", "auto") not in ("auto", "none"):
             raise ClientError(
                 "Invalid value for 'response.conversation'. Supported values are: 'auto' and "
@@ -385,7 +413,17 @@ class RealtimeSessionState:
             and (turn == 0 or any(i.text_only_assistant for i in self.items.values()))
         ):
             modality = "text"
-        text = self._reply_text(params.get("instructions") if explicit else None)
+        instructions = params.get("instructions") if explicit else None
+        last = self.items.get(self._last_item_id() or "")
+        after_output = last is not None and last.type == "function_call_output"
+        calls: Sequence[SimToolCall] = ()
+        if not instructions and not after_output:
+            calls = config.tool_calls.get(self._answers, ())
+            self._answers += 1
+        mcp_calls = [call for call in calls if call.server_label]
+        function_calls = [call for call in calls if not call.server_label]
+        text = self._reply_text(instructions, last if after_output else None, mcp_calls)
+        has_message = bool(text) or not calls
         output = (params.get("audio") or {}).get("output") or {}
         session_out = session["audio"]["output"]
         audio_format = (
@@ -401,6 +439,8 @@ class RealtimeSessionState:
             config.chunk_ms,
             reply_turns=config.reply_turns,
         )
+        if not has_message:
+            ready = EncodedAudio((), (), bytes_per_ms(audio_format), ())
         in_conversation = params.get("conversation", "auto") != "none"
         item = Item(
             self._ev.new_id("item"),
@@ -418,8 +458,7 @@ class RealtimeSessionState:
             text=text,
             audio_format=audio_format,
             voice=output.get("voice", session_out.get("voice")),
-            in_conversation=in_conversation,
-            previous_item_id=self._last_item_id() if in_conversation else None,
+            conversation=self.items if in_conversation else None,
             metadata=params.get("metadata"),
             render=render,
             audio=ready if modality == "audio" else None,
@@ -428,18 +467,39 @@ class RealtimeSessionState:
                 if config.mode is Mode.DROP_MID_RESPONSE and turn == 0
                 else None
             ),
+            mcp_calls=mcp_calls,
+            function_calls=function_calls,
+            has_message=has_message,
+            mcp_call_ms=config.mcp_call_ms,
         )
         self.response = stream
-        if in_conversation:
-            self.items[item.id] = item
         return stream.opening(self._ev)
 
-    def _reply_text(self, instructions: Any) -> str:
-        """The last quoted line of explicit instructions ("say exactly"), else the next reply."""
+    def _reply_text(
+        self, instructions: Any, tool_output: Item | None, mcp_calls: Sequence[SimToolCall]
+    ) -> str:
+        """The last quoted line of explicit instructions ("say exactly"); else, after a tool
+        result (a `function_call_output`, or this response's MCP calls), `tool_reply` if set;
+        else the next reply."""
         if isinstance(instructions, str):
             quoted = _QUOTED.findall(instructions)
             if quoted:
                 return str(quoted[-1])
+        tool_reply = self.config.tool_reply
+        if tool_reply is not None and tool_output is not None:
+            call_id = tool_output.extra.get("call_id")
+            name = next(
+                (
+                    str(item.extra.get("name", ""))
+                    for item in reversed(self.items.values())
+                    if item.type == "function_call" and item.extra.get("call_id") == call_id
+                ),
+                "",
+            )
+            return tool_reply(name, str(tool_output.extra.get("output", "")))
+        if tool_reply is not None and mcp_calls:
+            call = mcp_calls[-1]
+            return tool_reply(call.name, call.error or call.output)
         replies = self.config.replies or ("",)
         text = replies[self._reply_index % len(replies)]
         self._reply_index += 1
@@ -451,7 +511,7 @@ class RealtimeSessionState:
         assert stream is not None
         self.response = None
         events: list[Event] = []
-        if status == "cancelled" and stream.modality == "audio":
+        if status == "cancelled" and stream.modality == "audio" and not stream.mcp_calls:
             # Deltas already in flight when the cancel arrived still reach the client.
             for _ in range(self.config.late_deltas_after_cancel):
                 if stream.exhausted:
@@ -459,18 +519,25 @@ class RealtimeSessionState:
                 events += stream.step(self._ev)
         text_in = len(str(self.session.get("instructions") or "")) // 4 + 10
         usage = stream.usage(text_in, int(self._input_ms_total / 100))
-        return events + stream.closing(
-            self._ev,
-            status,
-            reason=reason,
-            usage=usage,
-            item_in_conversation=stream.item.id in self.items,
-        )
+        return events + stream.closing(self._ev, status, reason=reason, usage=usage)
 
     # ---- helpers -------------------------------------------------------------------------
 
     def _last_item_id(self) -> str | None:
         return next(reversed(self.items), None)
+
+    def _known_call_ids(self) -> set[str] | None:
+        """The call ids a `function_call_output` may answer: those of the conversation's
+        function calls. None (anything goes) while the session uses no tools at all, so
+        tool-less sessions keep accepting orphan outputs as the simulator always has."""
+        call_ids = {
+            str(item.extra.get("call_id"))
+            for item in self.items.values()
+            if item.type == "function_call"
+        }
+        if not call_ids and not self.session.get("tools"):
+            return None
+        return call_ids
 
     def _lookup(self, item_id: str, action: str) -> Item:
         item = self.items.get(item_id)

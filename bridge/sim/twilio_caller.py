@@ -24,9 +24,25 @@ from bridge.sim.caller_core import FRAME_S, MAX_BURST, CallerCore, Microphone, f
 from bridge.sim.playback import RATE
 from bridge.sim.signals import from_ulaw, to_ulaw, write_wav
 from bridge.sim.twilio_messages import InvalidMessage, read_bridge_message
-from bridge.sim.twiml_client import fetch_twiml, loopback_url, parse_stream
+from bridge.sim.twiml_client import (
+    fetch_action,
+    fetch_twiml,
+    loopback_url,
+    parse_connect_action,
+    parse_next_step,
+    parse_stream,
+)
 
-__all__ = ["MAX_BURST", "TwilioCaller", "fetch_twiml", "loopback_url", "parse_stream"]
+__all__ = [
+    "MAX_BURST",
+    "TwilioCaller",
+    "fetch_action",
+    "fetch_twiml",
+    "loopback_url",
+    "parse_connect_action",
+    "parse_next_step",
+    "parse_stream",
+]
 
 
 def _new_sid(prefix: str) -> str:

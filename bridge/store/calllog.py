@@ -1,4 +1,5 @@
-"""The call log as one object: database, background writer, live feed, PostgreSQL relay.
+"""The call log as one object: database, background writer, live feed, PostgreSQL relay, and
+the state workers share through the database (used stream tokens, next steps).
 
 `CallLog.recorder` is what the bridge hands its calls; `async with call_log:` prepares the
 schema, runs the writer (and the relay) and, on the way out, flushes what is pending. Hold it
@@ -15,10 +16,11 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from bridge.record import CallEvent, CallRecord, Turn
+from bridge.record import CallEvent, CallRecord, ToolCall, Turn
 from bridge.settings import Settings
 from bridge.store.database import create_engine, is_sqlite, parse_url, prepare
 from bridge.store.live import LiveFeed
+from bridge.store.next_steps import StoredNextSteps
 from bridge.store.pricing import PriceTable
 from bridge.store.relay import PostgresRelay
 from bridge.store.tokens import StreamTokenLedger
@@ -43,6 +45,11 @@ class StoreRecorder:
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
         self.writer.turn_changed(record, turn.item_id)
         self.feed.turn_updated(record, turn)
+
+    def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
+        self.writer.call_changed(record)  # the count, and the transfer a tool may have set
+        self.writer.tool_call_changed(record, tool_call.call_id)
+        self.feed.tool_call_updated(record, tool_call)
 
     def call_ended(self, record: CallRecord) -> None:
         self.writer.call_changed(record, final=True)
@@ -82,6 +89,8 @@ class CallLog:
         self.recorder = StoreRecorder(self.writer, self.feed)
         # Used Media Stream tokens, shared by every process on this database (single use).
         self.stream_tokens = StreamTokenLedger(self.engine, self.instance)
+        # What Twilio does after each call's stream, for whichever worker it asks.
+        self.next_steps = StoredNextSteps(self.engine, self.instance)
         self.relay: PostgresRelay | None = None
         if not is_sqlite(self.engine):
             self.relay = PostgresRelay(self.url, self.feed, heartbeat=heartbeat)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.record import CallEvent, CallRecord, Turn
-from bridge.store.rows import event_detail, turn_fields
+from bridge.record import CallEvent, CallRecord, ToolCall, Turn
+from bridge.store.rows import event_detail, tool_call_fields, turn_fields
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def call_info(record: CallRecord, instance: str) -> dict[str, Any]:
 
 def turn_info(record: CallRecord, turn: Turn) -> dict[str, Any]:
     return turn_fields(record, turn)
+
+
+def tool_call_info(record: CallRecord, tool_call: ToolCall) -> dict[str, Any]:
+    return tool_call_fields(record, tool_call)
 
 
 class Subscription:
@@ -82,7 +86,8 @@ class LiveFeed:
     def __init__(self, instance: str, *, subscriber_limit: int = 2000) -> None:
         self.instance = instance
         self.subscriber_limit = subscriber_limit
-        self.calls: dict[str, dict[str, Any]] = {}  # call_sid -> {call, turns, events}
+        # call_sid -> {call, turns, tool_calls, events}
+        self.calls: dict[str, dict[str, Any]] = {}
         self._subscribers: set[Subscription] = set()
         self.closed = False
         self.relay: Callable[[Message], None] | None = None  # set by the PostgreSQL relay
@@ -94,6 +99,15 @@ class LiveFeed:
 
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
         self.publish({"kind": "turn", "call_sid": record.call_sid, "turn": turn_info(record, turn)})
+
+    def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
+        self.publish(
+            {
+                "kind": "tool_call",
+                "call_sid": record.call_sid,
+                "tool_call": tool_call_info(record, tool_call),
+            }
+        )
 
     def call_event(self, record: CallRecord, event: CallEvent) -> None:
         detail = event_detail(event.detail, keep_text=record.keep_transcripts)
@@ -144,6 +158,9 @@ class LiveFeed:
         if kind == "turn":
             turn = message["turn"]
             entry["turns"][turn["item_id"]] = turn
+        elif kind == "tool_call":
+            tool_call = message["tool_call"]
+            entry["tool_calls"][tool_call["call_id"]] = tool_call
         elif kind == "event":
             entry["events"].append(message["event"])
             del entry["events"][:-KEEP_EVENTS]
@@ -168,7 +185,7 @@ class LiveFeed:
         return len(self._subscribers)
 
     def snapshot(self) -> Message:
-        """Every live call with its turns so far, oldest call first."""
+        """Every live call with its turns and tool calls so far, oldest call first."""
         calls = sorted(self.calls.values(), key=lambda c: c["call"].get("started_at") or 0.0)
         return {
             "kind": "snapshot",
@@ -177,6 +194,7 @@ class LiveFeed:
                 {
                     "call": entry["call"],
                     "turns": list(entry["turns"].values()),
+                    "tool_calls": list(entry["tool_calls"].values()),
                     "events": list(entry["events"]),
                 }
                 for entry in calls
@@ -197,4 +215,4 @@ class LiveFeed:
 
 
 def _empty() -> dict[str, Any]:
-    return {"call": {}, "turns": {}, "events": []}
+    return {"call": {}, "turns": {}, "tool_calls": {}, "events": []}

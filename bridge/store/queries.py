@@ -1,4 +1,5 @@
-"""Reading the call log: filtered, cursor-paginated call lists; one call with turns and events.
+"""Reading the call log: filtered, cursor-paginated call lists; one call with its turns, tool
+calls and events.
 
 Rows come back as plain dicts (JSON-ready; epoch seconds stay numbers). Pagination is keyset
 on (started_at, call_sid), newest first, so pages stay stable while calls are being added.
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.store.heard import split_heard
-from bridge.store.schema import calls, events, turns
+from bridge.store.schema import calls, events, tool_calls, turns
 
 MAX_LIMIT = 500
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -51,9 +52,44 @@ class CallDetail:
     call: dict[str, Any]
     turns: list[dict[str, Any]]  # with heard/unheard split for interrupted replies
     events: list[dict[str, Any]]
+    tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # as started
 
     def to_json(self) -> dict[str, Any]:
-        return {"call": self.call, "turns": self.turns, "events": self.events}
+        return {
+            "call": self.call,
+            "turns": self.turns,
+            "tool_calls": self.tool_calls,
+            "events": self.events,
+        }
+
+    @property
+    def keypresses(self) -> list[dict[str, Any]]:
+        """The caller's keys (`dtmf` events): `at` and `digit`."""
+        return [
+            {"at": event["at"], "digit": str(event["detail"].get("digit", "?"))}
+            for event in self.events
+            if event["kind"] == "dtmf"
+        ]
+
+    def conversation(self) -> list[tuple[str, dict[str, Any]]]:
+        """Turns in their order, with tool calls and keypresses placed between them by time:
+        ("turn" | "tool_call" | "keypress", the dict)."""
+        extras = sorted(  # stable: a key comes before the keypad action it started
+            [("keypress", key) for key in self.keypresses]
+            + [("tool_call", tool_call) for tool_call in self.tool_calls],
+            key=lambda entry: _started(entry[1]),
+        )
+        merged: list[tuple[str, dict[str, Any]]] = []
+        for turn in self.turns:
+            while extras and _started(extras[0][1]) < turn["started_at"]:
+                merged.append(extras.pop(0))
+            merged.append(("turn", turn))
+        return merged + extras
+
+
+def _started(entry: dict[str, Any]) -> float:
+    at = entry.get("started_at", entry.get("at"))
+    return float(at) if at is not None else 0.0
 
 
 def parse_duration(text: str) -> float:
@@ -150,7 +186,7 @@ async def list_calls(
 
 
 async def get_call(engine: AsyncEngine, call_sid: str) -> CallDetail | None:
-    """One call with its turns (in order) and events (by time)."""
+    """One call with its turns and tool calls (in order) and events (by time)."""
     async with engine.connect() as connection:
         row = (
             await connection.execute(sa.select(calls).where(calls.c.call_sid == call_sid))
@@ -159,6 +195,11 @@ async def get_call(engine: AsyncEngine, call_sid: str) -> CallDetail | None:
             return None
         turn_rows = await connection.execute(
             sa.select(turns).where(turns.c.call_sid == call_sid).order_by(turns.c.seq)
+        )
+        tool_call_rows = await connection.execute(
+            sa.select(tool_calls)
+            .where(tool_calls.c.call_sid == call_sid)
+            .order_by(tool_calls.c.seq)
         )
         event_rows = await connection.execute(
             sa.select(events)
@@ -170,6 +211,7 @@ async def get_call(engine: AsyncEngine, call_sid: str) -> CallDetail | None:
             call,
             [_turn(dict(t._mapping)) for t in turn_rows],
             [_event(call, dict(e._mapping)) for e in event_rows],
+            [_tool_call(dict(t._mapping)) for t in tool_call_rows],
         )
 
 
@@ -184,6 +226,12 @@ def _turn(turn: dict[str, Any]) -> dict[str, Any]:
     return turn
 
 
+def _tool_call(tool_call: dict[str, Any]) -> dict[str, Any]:
+    tool_call.pop("call_sid", None)
+    tool_call.pop("seq", None)
+    return tool_call
+
+
 def _event(call: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     event.pop("call_sid", None)
     event.pop("id", None)
@@ -193,10 +241,12 @@ def _event(call: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
 
 
 async def prune(engine: AsyncEngine, before: float) -> int:
-    """Delete calls that started before `before` (epoch seconds), with their turns and events."""
+    """Delete calls that started before `before` (epoch seconds), with their turns, tool calls
+    and events."""
     old = sa.select(calls.c.call_sid).where(calls.c.started_at < before)
     async with engine.begin() as connection:
         await connection.execute(sa.delete(events).where(events.c.call_sid.in_(old)))
         await connection.execute(sa.delete(turns).where(turns.c.call_sid.in_(old)))
+        await connection.execute(sa.delete(tool_calls).where(tool_calls.c.call_sid.in_(old)))
         result = await connection.execute(sa.delete(calls).where(calls.c.started_at < before))
     return int(result.rowcount)

@@ -1,11 +1,11 @@
 """Sharing the live feed between replicas through PostgreSQL LISTEN/NOTIFY.
 
 Each instance NOTIFYs its own live messages on one channel and LISTENs for everyone else's,
-so any replica's dashboard shows the calls of all of them. Turn updates are coalesced (the
-latest text of a turn wins) and sent in batches; a heartbeat lists each instance's live calls,
-so calls of a replica that died, or whose start a listener missed, are reconciled within
-seconds. Messages are perishable: what could not be sent during an outage is dropped, and the
-next heartbeat puts the picture right.
+so any replica's dashboard shows the calls of all of them. Turn and tool call updates are
+coalesced (the latest state of each wins) and sent in batches; a heartbeat lists each
+instance's live calls, so calls of a replica that died, or whose start a listener missed, are
+reconciled within seconds. Messages are perishable: what could not be sent during an outage
+is dropped, and the next heartbeat puts the picture right.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class PostgresRelay:
         key: object = next(self._ids)
         if message["kind"] == "turn":
             key = ("turn", message["call_sid"], message["turn"]["item_id"])
+        elif message["kind"] == "tool_call":
+            key = ("tool_call", message["call_sid"], message["tool_call"]["call_id"])
         self._outbox[key] = message
         if len(self._outbox) > MAX_OUTBOX:
             self._outbox.pop(next(iter(self._outbox)))
@@ -136,7 +138,8 @@ class PostgresRelay:
             )
 
     def _encode(self, message: Message) -> str | None:
-        """JSON within NOTIFY's size limit: long turn texts keep their newest words."""
+        """JSON within NOTIFY's size limit: long turn texts keep their newest words, long tool
+        arguments and results their beginning."""
         message = message | {"origin": self.feed.instance}
         payload = json.dumps(message, separators=(",", ":"))
         if message["kind"] == "turn":
@@ -145,6 +148,16 @@ class PostgresRelay:
                 text = text[len(text) // 4 :]
                 turn = message["turn"] | {"text": "…" + text}
                 payload = json.dumps(message | {"turn": turn}, separators=(",", ":"))
+        if message["kind"] == "tool_call":
+            tool_call = dict(message["tool_call"])
+            keep = 2000
+            while len(payload.encode()) > MAX_PAYLOAD and keep >= 16:
+                for key in ("arguments", "result", "error"):
+                    text = tool_call.get(key)
+                    if text and len(text) > keep:
+                        tool_call[key] = text[:keep] + "…"
+                payload = json.dumps(message | {"tool_call": tool_call}, separators=(",", ":"))
+                keep //= 2
         if len(payload.encode()) > MAX_PAYLOAD:
             logger.debug("live message too large for NOTIFY: %s", message["kind"])
             return None

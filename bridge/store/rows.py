@@ -1,7 +1,8 @@
 """Call records -> table rows (pure functions), honouring the profile's privacy switch.
 
-A profile with `keep_transcripts = false` leaves turn text NULL, and text is taken out of
-event details, so no words of that call reach the database or the live feed.
+A profile with `keep_transcripts = false` leaves turn text and tool call arguments and results
+NULL, and text is taken out of event details, so no words of that call reach the database or
+the live feed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.record import CallEvent, CallRecord, Turn
+from bridge.record import CallEvent, CallRecord, ToolCall, Turn
 from bridge.store.pricing import PriceTable
 from bridge.store.schema import ERROR_KINDS
 
@@ -58,6 +59,9 @@ def call_row(record: CallRecord, prices: PriceTable, instance: str) -> dict[str,
         "errors": sum(1 for event in record.events if event.kind in ERROR_KINDS),
         "usage": dict(record.usage),
         "cost_usd": prices.cost(record.model, record.usage),
+        "tool_calls": len(record.tool_calls),
+        "transfer_to": record.transfer_to[:64],
+        "transfer_number": record.transfer_number[:64],
         "instance": instance,
         "updated_at": time.time(),
     }
@@ -80,6 +84,29 @@ def turn_fields(record: CallRecord, turn: Turn) -> dict[str, Any]:
         "heard_ms": turn.heard_ms,
         "audio_ms": round(turn.audio_ms, 1),
         "latency_ms": turn.latency_ms,
+    }
+
+
+def tool_call_row(record: CallRecord, seq: int, tool_call: ToolCall) -> dict[str, Any]:
+    return {"call_sid": record.call_sid, "seq": seq, **tool_call_fields(record, tool_call)}
+
+
+def tool_call_fields(record: CallRecord, tool_call: ToolCall) -> dict[str, Any]:
+    """A tool call as stored and as streamed live; no arguments or result (the caller's words)
+    when the profile keeps no transcripts."""
+    keep = record.keep_transcripts
+    return {
+        "call_id": tool_call.call_id[:128],
+        "name": tool_call.name[:128],
+        "kind": tool_call.kind[:32],
+        "arguments": tool_call.arguments if keep else None,
+        "started_at": tool_call.started_at,
+        "ended_at": tool_call.ended_at,
+        "duration_ms": tool_call.duration_ms,
+        "outcome": tool_call.outcome[:16],
+        "result": tool_call.result if keep else None,
+        "error": tool_call.error[:2000],
+        "holding_phrase": tool_call.holding_phrase,
     }
 
 

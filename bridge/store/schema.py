@@ -1,7 +1,7 @@
-"""The call log's tables (SQLAlchemy Core): one row per call, its turns, its events.
+"""The call log's tables (SQLAlchemy Core): one row per call, its turns, events and tool calls.
 
-Times are epoch seconds (`started_at`, `ended_at` ...) or seconds since the call started (turn
-and event `at`), as in `bridge.record`; both backends store them as double precision.
+Times are epoch seconds (`started_at`, `ended_at` ...) or seconds since the call started (turn,
+event and tool call times), as in `bridge.record`; both backends store them as double precision.
 Migrations in `bridge/store/migrations` create exactly these tables.
 """
 
@@ -43,6 +43,9 @@ calls = sa.Table(
     sa.Column("errors", sa.Integer, nullable=False, server_default="0"),  # error events
     sa.Column("usage", JSON, nullable=False, server_default="{}"),  # tokens by kind
     sa.Column("cost_usd", sa.Double),  # estimate from the price table; NULL: no price known
+    sa.Column("tool_calls", sa.Integer, nullable=False, server_default="0"),  # count
+    sa.Column("transfer_to", sa.String(64), nullable=False, server_default=""),  # destination
+    sa.Column("transfer_number", sa.String(64), nullable=False, server_default=""),
     sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
     sa.Column("updated_at", sa.Double, nullable=False),
 )
@@ -92,6 +95,43 @@ events = sa.Table(
     sa.UniqueConstraint("call_sid", "seq", name="uq_events_call_seq"),
 )
 sa.Index("ix_events_call_sid", events.c.call_sid, events.c.ts)
+
+# Actions and tools run on a call (`bridge.record.ToolCall`), in the order they started.
+tool_calls = sa.Table(
+    "tool_calls",
+    metadata,
+    sa.Column(
+        "call_sid",
+        sa.String(64),
+        sa.ForeignKey("calls.call_sid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("call_id", sa.String(128), primary_key=True),  # the model's (keypad: key_<n>)
+    sa.Column("seq", sa.Integer, nullable=False),  # order within the call
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # end_call, transfer_call, http, mcp, keypad
+    sa.Column("arguments", sa.Text),  # NULL when the profile keeps no transcripts
+    sa.Column("started_at", sa.Double, nullable=False),  # seconds since the call started
+    sa.Column("ended_at", sa.Double),
+    sa.Column("duration_ms", sa.Double),
+    sa.Column("outcome", sa.String(16), nullable=False, server_default="running"),
+    sa.Column("result", sa.Text),  # NULL when the profile keeps no transcripts
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("holding_phrase", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# What Twilio does once a call's stream has ended (`bridge.after_stream.NextStep` as JSON),
+# saved by the worker that ran the call and read by whichever worker gets Twilio's action
+# request. No foreign key: the call row is written in the background and may come later.
+next_steps = sa.Table(
+    "next_steps",
+    metadata,
+    sa.Column("call_sid", sa.String(64), primary_key=True),
+    sa.Column("step", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),  # epoch seconds; pruned after an hour
+    sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
+)
+sa.Index("ix_next_steps_created_at", next_steps.c.created_at)
 
 # Media Stream tokens already used (bridge.signatures): one row per token, shared by every
 # worker and replica, so a token opens one stream only. `token_key` is the SHA-256 of the token

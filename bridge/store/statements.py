@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.store.rows import FINAL_STATUSES
-from bridge.store.schema import calls, events, turns
+from bridge.store.schema import calls, events, tool_calls, turns
 
 # Columns the call record owns; Twilio's status columns are written by status callbacks only.
 RECORD_COLUMNS = (
@@ -37,6 +37,9 @@ RECORD_COLUMNS = (
     "errors",
     "usage",
     "cost_usd",
+    "tool_calls",
+    "transfer_to",
+    "transfer_number",
     "instance",
     "updated_at",
 )
@@ -51,6 +54,11 @@ class Statements:
         self.upsert_turn = stmt.on_conflict_do_update(
             index_elements=[turns.c.call_sid, turns.c.item_id],
             set_={c.name: stmt.excluded[c.name] for c in turns.c if not c.primary_key},
+        )
+        stmt = insert(tool_calls)
+        self.upsert_tool_call = stmt.on_conflict_do_update(
+            index_elements=[tool_calls.c.call_sid, tool_calls.c.call_id],
+            set_={c.name: stmt.excluded[c.name] for c in tool_calls.c if not c.primary_key},
         )
         self.insert_record_event = insert(events).on_conflict_do_nothing(
             index_elements=[events.c.call_sid, events.c.seq]

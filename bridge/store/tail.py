@@ -50,10 +50,14 @@ class Printer:
                     self._started(live["call"])
                 for turn in live["turns"]:
                     self._turn(live["call"]["call_sid"], turn)
+                for tool_call in live.get("tool_calls", []):
+                    self._tool_call(live["call"]["call_sid"], tool_call)
         elif kind == "call_started":
             self._started(data["call"])
         elif kind == "turn":
             self._turn(data["call_sid"], data["turn"])
+        elif kind == "tool_call":
+            self._tool_call(data["call_sid"], data["tool_call"])
         elif kind == "event":
             event = data["event"]
             self._line(data["call_sid"], f"! {event['kind']} at {event['at']:.1f}s")
@@ -92,6 +96,22 @@ class Printer:
         if self.tty:
             self.out.write("\r\x1b[K" + line)
             self.out.flush()
+
+    def _tool_call(self, call_sid: str, tool_call: dict[str, Any]) -> None:
+        """One line when a tool starts and one when it finishes (not again after reconnecting)."""
+        outcome = tool_call.get("outcome") or "running"
+        key = (call_sid, f"tool:{tool_call.get('call_id')}")
+        if self.printed.get(key) == outcome:
+            return
+        self.printed[key] = outcome
+        took = tool_call.get("duration_ms")
+        notes = f" in {took:.0f} ms" if took is not None else ""
+        if tool_call.get("holding_phrase"):
+            notes += ", holding phrase"
+        if tool_call.get("error"):
+            notes += f": {str(tool_call['error'])[:120]}"
+        name = f"{tool_call.get('name')} ({tool_call.get('kind')})"
+        self._line(call_sid, f"* {name} {outcome}{notes}")
 
     def _settle(self) -> None:
         """Finish the open turn's line."""

@@ -1,9 +1,9 @@
 """The background writer: call records reach the database off the audio path.
 
-Recorder callbacks only mark what changed (the call, a turn, new events, a Twilio status) in a
-bounded table of pending work keyed by call SID. One task writes the changes in batches,
-snapshotting each record as it writes it, so a transcript that grows by a hundred deltas
-costs one row update, not a hundred. Writes are idempotent upserts: a failed batch stays
+Recorder callbacks only mark what changed (the call, a turn, a tool call, new events, a Twilio
+status) in a bounded table of pending work keyed by call SID. One task writes the changes in
+batches, snapshotting each record as it writes it, so a transcript that grows by a hundred
+deltas costs one row update, not a hundred. Writes are idempotent upserts: a failed batch stays
 pending and is retried with backoff; a finished call that still cannot be written after
 `retry_window` seconds is logged at ERROR with its SID and dropped. `close()` flushes what is
 pending, bounded by `flush_timeout`.
@@ -47,6 +47,7 @@ class _Pending:
     record: CallRecord | None = None
     call: bool = False  # the call row
     turns: set[str] = dataclasses.field(default_factory=set)  # item_ids
+    tool_calls: set[str] = dataclasses.field(default_factory=set)  # call_ids
     events_written: int = 0  # record.events[:events_written] are stored
     statuses: list[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=list)
     final: bool = False  # call_ended seen: the record will not change again
@@ -55,7 +56,8 @@ class _Pending:
     @property
     def dirty(self) -> bool:
         new_events = self.record is not None and len(self.record.events) > self.events_written
-        return self.call or bool(self.turns) or bool(self.statuses) or new_events
+        changed = self.call or bool(self.turns) or bool(self.tool_calls) or bool(self.statuses)
+        return changed or new_events
 
     @property
     def finished(self) -> bool:
@@ -69,11 +71,13 @@ class _Snapshot:
     entry: _Pending
     calls: list[dict[str, Any]]
     turns: list[dict[str, Any]]
+    tool_calls: list[dict[str, Any]]
     events: list[dict[str, Any]]
     events_upto: int
     statuses: list[tuple[dict[str, Any], dict[str, Any]]]
     taken_call: bool
     taken_turns: set[str]
+    taken_tool_calls: set[str]
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,6 +131,11 @@ class Writer:
         entry = self._entry(record.call_sid, record)
         if entry is not None:
             entry.turns.add(item_id)
+
+    def tool_call_changed(self, record: CallRecord, call_id: str) -> None:
+        entry = self._entry(record.call_sid, record)
+        if entry is not None:
+            entry.tool_calls.add(call_id)
 
     def events_changed(self, record: CallRecord) -> None:
         self._entry(record.call_sid, record)
@@ -264,6 +273,7 @@ class Writer:
         calls = [row for snap in snaps for row in snap.calls]
         statuses = [status for snap in snaps for status in snap.statuses]
         turns = [row for snap in snaps for row in snap.turns]
+        tool_calls = [row for snap in snaps for row in snap.tool_calls]
         events = [row for snap in snaps for row in snap.events]
         if calls:
             await connection.execute(statements.upsert_call, calls)
@@ -272,12 +282,16 @@ class Writer:
             await connection.execute(statements.insert_event, [event for _, event in statuses])
         if turns:
             await connection.execute(statements.upsert_turn, turns)
+        if tool_calls:
+            await connection.execute(statements.upsert_tool_call, tool_calls)
         if events:
             await connection.execute(statements.insert_record_event, events)
 
     def _snapshot(self, entry: _Pending) -> _Snapshot:
         record = entry.record
-        snap = _Snapshot(entry, [], [], [], entry.events_written, entry.statuses, entry.call, set())
+        snap = _Snapshot(
+            entry, [], [], [], [], entry.events_written, entry.statuses, entry.call, set(), set()
+        )
         entry.statuses = []
         if record is not None:
             if entry.call:
@@ -288,6 +302,12 @@ class Writer:
                     for seq, turn in enumerate(record.turns)
                     if turn.item_id in entry.turns
                 ]
+            if entry.tool_calls:
+                snap.tool_calls = [
+                    rows.tool_call_row(record, seq, tool_call)
+                    for seq, tool_call in enumerate(record.tool_calls)
+                    if tool_call.call_id in entry.tool_calls
+                ]
             events = record.events[entry.events_written :]
             snap.events = [
                 rows.event_row(record, seq, event)
@@ -295,6 +315,7 @@ class Writer:
             ]
             snap.events_upto = entry.events_written + len(events)
         snap.taken_turns, entry.turns = entry.turns, set()
+        snap.taken_tool_calls, entry.tool_calls = entry.tool_calls, set()
         entry.call = False
         return snap
 
@@ -333,7 +354,8 @@ class Writer:
             summary = (
                 f"from {mask_number(record.from_number)} to {mask_number(record.to_number)}, "
                 f"end_reason={record.end_reason}, {record.duration:.1f}s, "
-                f"{len(record.turns)} turns, {len(record.events)} events"
+                f"{len(record.turns)} turns, {len(record.tool_calls)} tool calls, "
+                f"{len(record.events)} events"
             )
         logger.error("call log: record of call %s lost (%s): %s", call_sid, why, summary)
 
@@ -342,6 +364,7 @@ def _restore(snap: _Snapshot) -> None:
     entry = snap.entry
     entry.call = entry.call or snap.taken_call
     entry.turns |= snap.taken_turns
+    entry.tool_calls |= snap.taken_tool_calls
     entry.statuses = snap.statuses + entry.statuses
 
 

@@ -2,8 +2,9 @@
 
 GET /api/calls              filters: number, caller, profile, since, until, end_reason, q;
                             limit, cursor (from the previous page's `next_cursor`)
-GET /api/calls/{call_sid}   the call with its turns and events
-GET /api/live               Server-Sent Events: snapshot, call_started, turn, event, call_ended
+GET /api/calls/{call_sid}   the call with its turns, tool calls and events
+GET /api/live               Server-Sent Events: snapshot, call_started, turn, tool_call, event,
+                            call_ended
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages (Jinja2) with a little plain JavaScript for live calls.
 
 /                    live calls (running transcripts over /api/live), then history with filters
-/calls/{call_sid}    one call: timeline picture, conversation, heard/unheard split, events
+/calls/{call_sid}    one call: timeline picture, conversation with tool calls and keys, the
+                     heard/unheard split, events
 /login, /logout      the admin token in a form, exchanged for a signed session cookie
 """
 
@@ -41,6 +42,8 @@ END_REASONS = (
     "no_audio",
     "max_duration",
     "server_shutdown",
+    "assistant_hangup",
+    "transferred",
     "internal_error",
     "rejected",
 )
@@ -169,9 +172,13 @@ class Dashboard:
         context = {
             "call": call,
             "turns": detail.turns,
+            "conversation": detail.conversation(),
+            "tool_calls": detail.tool_calls,
             "events": detail.events,
             "live": call_sid in self.call_log.feed.calls,
-            "timeline": timeline_svg(call["duration_s"], detail.turns, detail.events),
+            "timeline": timeline_svg(
+                call["duration_s"], detail.turns, detail.events, detail.tool_calls
+            ),
         }
         return self._render(request, "call.html", context)
 

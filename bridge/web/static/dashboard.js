@@ -1,11 +1,13 @@
-// Live calls: follows /api/live (Server-Sent Events) and redraws each call's running transcript.
+// Live calls: follows /api/live (Server-Sent Events) and redraws each call's running transcript,
+// tool calls included.
 // Plain JavaScript, no build step. The server renders everything else.
 (function () {
   "use strict";
   const root = document.getElementById("live");
   if (!root) return;
   const only = root.dataset.only || null; // the call page of a live call shows just that call
-  const calls = new Map(); // call_sid -> {call, turns: Map(item_id -> turn), events: []}
+  // call_sid -> {call, turns: Map(item_id -> turn), toolCalls: Map(call_id -> tool call), events: []}
+  const calls = new Map();
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -32,22 +34,45 @@
     timer.dataset.startedAt = call.started_at || "";
     header.append(timer);
     const transcript = el("ol", "transcript");
-    const turns = Array.from(state.turns.values()).sort((a, b) => a.started_at - b.started_at);
-    for (const turn of turns) {
-      const li = el("li", "turn " + turn.role + (turn.interrupted ? " interrupted" : ""));
-      li.dataset.itemId = turn.item_id;
-      li.append(el("span", "who", turn.role), " ");
-      li.append(el("span", "text", turn.text === null ? "(not kept)" : turn.text));
-      if (turn.interrupted) li.append(" ", el("span", "badge bad", "interrupted"));
-      if (turn.latency_ms !== null && turn.latency_ms !== undefined) {
-        li.append(" ", el("span", "latency badge", "answered in " + Math.round(turn.latency_ms) + " ms"));
-      }
-      transcript.append(li);
+    const items = [...state.turns.values(), ...state.toolCalls.values()];
+    items.sort((a, b) => a.started_at - b.started_at);
+    for (const item of items) {
+      transcript.append("call_id" in item ? toolCallItem(item) : turnItem(item));
     }
     article.append(header, transcript);
     const bargeIns = state.events.filter((e) => e.kind === "barge_in").length;
     if (bargeIns) article.append(el("p", "events", bargeIns + " barge-in" + (bargeIns > 1 ? "s" : "")));
     return article;
+  }
+
+  function turnItem(turn) {
+    const li = el("li", "turn " + turn.role + (turn.interrupted ? " interrupted" : ""));
+    li.dataset.itemId = turn.item_id;
+    li.append(el("span", "who", turn.role), " ");
+    li.append(el("span", "text", turn.text === null ? "(not kept)" : turn.text));
+    if (turn.interrupted) li.append(" ", el("span", "badge bad", "interrupted"));
+    if (turn.latency_ms !== null && turn.latency_ms !== undefined) {
+      li.append(" ", el("span", "latency badge", "answered in " + Math.round(turn.latency_ms) + " ms"));
+    }
+    return li;
+  }
+
+  // A tool call: its name and kind, then "running…" until it ends, then how it ended and how long.
+  function toolCallItem(tool) {
+    const li = el("li", "tool-call outcome-" + tool.outcome);
+    li.dataset.callId = tool.call_id;
+    li.append(el("span", "who", "tool"), " ", el("code", "tool-name", tool.name), " ");
+    li.append(el("span", "badge", tool.kind), " ");
+    const running = tool.outcome === "running";
+    let outcome = running ? "running…" : tool.outcome;
+    if (!running && tool.duration_ms !== null && tool.duration_ms !== undefined) {
+      outcome += " in " + Math.round(tool.duration_ms) + " ms";
+    }
+    const bad = tool.outcome === "error" || tool.outcome === "cancelled";
+    li.append(el("span", "badge outcome" + (bad ? " bad" : ""), outcome));
+    if (tool.holding_phrase) li.append(" ", el("span", "badge", "holding phrase"));
+    if (tool.error) li.append(" ", el("span", "bad", tool.error));
+    return li;
   }
 
   function shown(callSid) {
@@ -86,7 +111,7 @@
   function entry(callSid) {
     let state = calls.get(callSid);
     if (!state) {
-      state = { call: { call_sid: callSid }, turns: new Map(), events: [] };
+      state = { call: { call_sid: callSid }, turns: new Map(), toolCalls: new Map(), events: [] };
       calls.set(callSid, state);
     }
     return state;
@@ -122,6 +147,7 @@
       calls.set(live.call.call_sid, {
         call: live.call,
         turns: new Map(live.turns.map((t) => [t.item_id, t])),
+        toolCalls: new Map((live.tool_calls || []).map((t) => [t.call_id, t])),
         events: live.events,
       });
     }
@@ -135,6 +161,11 @@
   source.addEventListener("turn", (e) => {
     const data = JSON.parse(e.data);
     entry(data.call_sid).turns.set(data.turn.item_id, data.turn);
+    drawCall(data.call_sid);
+  });
+  source.addEventListener("tool_call", (e) => {
+    const data = JSON.parse(e.data);
+    entry(data.call_sid).toolCalls.set(data.tool_call.call_id, data.tool_call);
     drawCall(data.call_sid);
   });
   source.addEventListener("event", (e) => {
