@@ -220,6 +220,10 @@ METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     QUEUE_DEPTH,
     CALL_LOG_WRITE_FAILURES,
     PROTOCOL_ERRORS,
+    TOOL_CALLS,
+    TOOL_SECONDS,
+    HOLDING_PHRASES,
+    TRANSFERS,
     DRAINING,
 )
 
@@ -232,6 +236,8 @@ for _kind in REALTIME_ERROR_KINDS:
     REALTIME_ERRORS.labels(kind=_kind)
 for _side in SIDES:
     PROTOCOL_ERRORS.labels(side=_side)
+for _via in ("tool", "keypad"):
+    TRANSFERS.labels(via=_via)
 
 
 T = TypeVar("T")

@@ -142,3 +142,21 @@ def test_workers_need_a_shared_call_log_or_bare(capsys: pytest.CaptureFixture[st
         cli.main(["--workers", "2"])
     assert exit_info.value.code == 2
     assert "--database-url" in capsys.readouterr().err
+
+
+def test_bench_tools_measures_each_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tools.json"
+    assert cli.main(["tools", "--calls", "1", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "holding phrase heard" in out
+    figures = json.loads(path.read_text())
+    (dispatch,) = figures["dispatch"]
+    (returned,) = figures["return"]
+    assert 0 < dispatch < 1000
+    assert 0 < returned < 1000
+    (holding,) = figures["holding"]
+    assert 1.4 < holding < 2.0  # the holding phrase starts within 2 s of the tool
+    (goodbye,) = figures["goodbye"]
+    assert goodbye == pytest.approx(1.5, abs=0.05)  # heard whole before the hang-up

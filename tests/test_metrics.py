@@ -35,6 +35,10 @@ EXPECTED_NAMES = (
     "bridge_call_log_write_failures_total",
     "bridge_protocol_errors_total",
     "bridge_draining",
+    "bridge_tool_calls_total",
+    "bridge_tool_seconds",
+    "bridge_holding_phrases_total",
+    "bridge_transfers_total",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
 )

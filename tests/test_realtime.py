@@ -181,3 +181,135 @@ def test_transcription_off_sends_no_transcription() -> None:
     event = realtime.session_update(dataclasses.replace(PROFILE, transcription_model=""))
     validate_client_event(event)
     assert "transcription" not in event["session"]["audio"]["input"]
+
+
+# ---- tools -----------------------------------------------------------------------------------
+
+
+def _tools() -> Any:
+    from bridge.tools.config import HttpTool, McpServer, ProfileTools, Secret, Transfer
+
+    return ProfileTools(
+        transfer=Transfer({"front_desk": "+15550100100", "billing": "+15550100200"}),
+        http=(
+            HttpTool(
+                "lookup_order",
+                "Look up an order",
+                Secret("https://api.test/orders", "https://api.test/orders"),
+                parameters={"type": "object", "properties": {"order": {"type": "string"}}},
+            ),
+        ),
+        mcp=(
+            McpServer(
+                "crm",
+                Secret("https://mcp.test/mcp", "https://mcp.test/mcp"),
+                headers={"Authorization": Secret("Bearer ${T}", "Bearer t0k")},
+                allowed_tools=("find_customer",),
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize("kind", ["end_call", "transfer_call", "http", "mcp"])
+def test_each_tool_type_in_session_update_validates(kind: str) -> None:
+    import dataclasses
+
+    tools = _tools()
+    only = {
+        "end_call": dataclasses.replace(tools, transfer=None, http=(), mcp=()),
+        "transfer_call": dataclasses.replace(tools, end_call=False, http=(), mcp=()),
+        "http": dataclasses.replace(tools, end_call=False, transfer=None, mcp=()),
+        "mcp": dataclasses.replace(tools, end_call=False, transfer=None, http=()),
+    }[kind]
+    event = realtime.session_update(dataclasses.replace(PROFILE, tools=only))
+    validate_client_event(event)
+    (tool,) = event["session"]["tools"]
+    assert event["session"]["tool_choice"] == "auto"
+    if kind == "end_call":
+        assert tool["name"] == "end_call"
+        assert tool["parameters"]["properties"]["reason"]["type"] == "string"
+    elif kind == "transfer_call":
+        assert tool["parameters"]["properties"]["destination"]["enum"] == ["billing", "front_desk"]
+        assert tool["parameters"]["required"] == ["destination"]
+    elif kind == "http":
+        assert (tool["type"], tool["name"]) == ("function", "lookup_order")
+    else:
+        assert tool == {
+            "type": "mcp",
+            "server_label": "crm",
+            "server_url": "https://mcp.test/mcp",
+            "require_approval": "never",
+            "headers": {"Authorization": "Bearer t0k"},  # expanded for the service
+            "allowed_tools": ["find_customer"],
+        }
+
+
+def test_no_tools_means_no_tools_key() -> None:
+    import dataclasses
+
+    from bridge.tools.config import ProfileTools
+
+    event = realtime.session_update(
+        dataclasses.replace(PROFILE, tools=ProfileTools(end_call=False))
+    )
+    assert "tools" not in event["session"]
+    assert "tool_choice" not in event["session"]
+
+
+def test_tool_client_events_validate() -> None:
+    output = realtime.function_call_output("call_1", '{"ok": true}', event_id="e1")
+    holding = realtime.response_create("Hold on.", event_id="e2", tools=False)
+    for event in (output, holding):
+        validate_client_event(event)
+    assert holding["response"]["tool_choice"] == "none"
+
+
+def test_function_calls_and_mcp_events_parse() -> None:
+    call_item = {
+        "type": "function_call",
+        "id": "item_1",
+        "call_id": "call_1",
+        "name": "lookup_order",
+        "arguments": '{"order": "A1"}',
+        "status": "completed",
+    }
+    done = json.dumps({"type": "response.output_item.done", "response_id": "r1", "item": call_item})
+    assert realtime.parse_server_event(done) == realtime.FunctionCall(
+        "item_1", "call_1", "lookup_order", '{"order": "A1"}', "r1"
+    )
+    response = {"id": "r1", "status": "completed", "output": [call_item]}
+    parsed = realtime.parse_server_event(
+        json.dumps({"type": "response.done", "response": response})
+    )
+    assert isinstance(parsed, realtime.ResponseDone)
+    assert [call.call_id for call in parsed.function_calls] == ["call_1"]
+    mcp_item = {
+        "type": "mcp_call",
+        "id": "m1",
+        "name": "find_customer",
+        "server_label": "crm",
+        "arguments": "{}",
+        "output": None,
+        "error": {"type": "tool_execution_error", "message": "no such customer"},
+    }
+    failed = json.dumps(
+        {"type": "response.output_item.done", "response_id": "r1", "item": mcp_item}
+    )
+    assert realtime.parse_server_event(failed) == realtime.McpCallDone(
+        "m1", "find_customer", "crm", "{}", "", "no such customer"
+    )
+    listed = {
+        "type": "conversation.item.done",
+        "item": {
+            "type": "mcp_list_tools",
+            "id": "l1",
+            "server_label": "crm",
+            "tools": [{"name": "a"}],
+        },
+    }
+    assert realtime.parse_server_event(json.dumps(listed)) == realtime.McpToolsListed(
+        "l1", "crm", ("a",)
+    )
+    broken = json.dumps({"type": "response.output_item.done", "item": {"type": "function_call"}})
+    with pytest.raises(ProtocolViolation):
+        realtime.parse_server_event(broken)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from twilio.request_validator import RequestValidator
 
+from bridge import metrics
 from bridge.app import create_app
 from bridge.record import EndReason, MemoryRecorder
 from bridge.server import serving
@@ -160,6 +161,10 @@ def sent_of(session: SimSession, kind: str) -> list[dict[str, Any]]:
     return [event for _, event in session.received if event.get("type") == kind]
 
 
+def sample(series: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(series, labels) or 0.0
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -177,6 +182,9 @@ async def test_a_tool_call_runs_over_http_and_its_answer_is_spoken(
     config.tool_calls = {0: [SimToolCall("lookup_order", {"order": "A42"})]}
     config.tool_reply = lambda name, output: f"Order {json.loads(output)['order']} has shipped."
     config.reply_audio = tones(440, 1000, seconds=0.8)
+    labels = {"name": "lookup_order", "kind": "http", "outcome": "ok"}
+    calls_before = sample("bridge_tool_calls_total", **labels)
+    timed_before = sample("bridge_tool_seconds_count", kind="http")
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
@@ -211,6 +219,8 @@ async def test_a_tool_call_runs_over_http_and_its_answer_is_spoken(
     )
     assert json.loads(tool.arguments) == {"order": "A42"}
     assert ORDERS_TOKEN not in repr(record)
+    assert sample("bridge_tool_calls_total", **labels) == calls_before + 1
+    assert sample("bridge_tool_seconds_count", kind="http") == timed_before + 1
 
 
 @pytest.mark.parametrize("failure", ["status 500", "timeout", "refused"])
@@ -289,6 +299,7 @@ async def test_a_slow_tool_gets_a_holding_phrase_heard_within_2_s(
     holding = [e for e in sent_of(session, "response.create") if "tool_choice" in e["response"]]
     (create,) = holding
     assert create["response"]["tool_choice"] == "none"
+    assert_ga_events(session)
     record = await bridge.finished(caller.call_sid)
     (tool,) = record.tool_calls
     assert tool.holding_phrase
@@ -344,6 +355,7 @@ async def test_transfer_is_dialled_by_whichever_worker_twilio_asks(
     config.tool_calls = {0: [SimToolCall("transfer_call", {"destination": "front_desk"})]}
     config.reply_audio = tones(800, seconds=1.0)
     database = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    transfers = sample("bridge_transfers_total", via="tool")
     async with (
         ToolService() as service,
         CallLog(database) as log_a,
@@ -389,6 +401,7 @@ async def test_transfer_is_dialled_by_whichever_worker_twilio_asks(
     record = await worker_a.finished(call_sid)
     assert record.end_reason is EndReason.TRANSFERRED
     assert (record.transfer_to, record.transfer_number) == ("front_desk", "+15550100100")
+    assert sample("bridge_transfers_total", via="tool") == transfers + 1
 
 
 async def signed_call(bridge: RunningBridge, token: str, public: str) -> tuple[str, TwilioCaller]:
@@ -519,3 +532,36 @@ async def test_mcp_servers_are_offered_and_their_calls_recorded(
     (listed,) = [e for e in record.events if e.kind == "mcp_tools_listed"]
     assert listed.detail == {"server_label": "crm", "tools": ["find_customer"]}
     assert CRM_TOKEN not in repr(record.events)
+
+
+async def test_one_call_runs_at_most_4_tools_at_once(
+    simulator: RealtimeSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = simulator.config
+    config.replies = ("",)
+    config.tool_calls = {
+        0: [SimToolCall("lookup_order", {"order": f"A{n}"}) for n in range(6)],
+    }
+    config.tool_reply = lambda name, output: "All six orders have shipped."
+    config.reply_audio = tones(1000, seconds=0.5)
+    async with ToolService() as service:
+        service.delays["/orders"] = 0.6
+        async with (
+            tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
+            dial(bridge) as (caller, _),
+        ):
+            session = await simulator.wait_for_session()
+            await caller.say_and_wait(utterance())
+            await session.wait_for_sent("response.done", count=2, timeout=10)
+            await caller.hangup()
+    arrivals = sorted(request.at for request in service.requests)
+    assert len(arrivals) == 6
+    assert arrivals[3] - arrivals[0] < 0.3  # four at once...
+    assert arrivals[4] - arrivals[0] > 0.5  # ...the rest once one has answered
+    # One reply for all six outputs, asked for once the last one is in.
+    outputs = sent_of(session, "conversation.item.create")
+    assert len(outputs) == 6
+    creates = sent_of(session, "response.create")
+    assert len(creates) == 1
+    record = await bridge.finished(caller.call_sid)
+    assert [tool.outcome for tool in record.tool_calls] == ["ok"] * 6

@@ -1,4 +1,5 @@
-"""`bridge bench ...`: the capacity/latency benchmark, or `bridge bench audio` (transcoder)."""
+"""`bridge bench ...`: the capacity/latency benchmark, `bridge bench audio` (transcoder) or
+`bridge bench tools` (what the bridge adds around the assistant's tools)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bridge.bench import audio
 
         return audio.main()
+    if arguments[:1] == ["tools"]:
+        from bridge.bench import tools
+
+        return tools.main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
     from bridge.bench import callgrind, capacity, report

@@ -44,6 +44,7 @@ class ToolService:
 
     def __init__(self) -> None:
         self.requests: list[ToolRequest] = []
+        self.answered: list[float] = []  # loop time each answer left, in order
         self.delays: dict[str, float] = {}
         self.statuses: dict[str, int] = {}
         self.base = ""
@@ -87,10 +88,16 @@ class ToolService:
         delay = self.delays.get(path, 0.0)
         if delay:
             await asyncio.sleep(delay)
+        response = self._answer(
+            path, body if isinstance(body, dict) else dict(request.query_params)
+        )
+        self.answered.append(asyncio.get_running_loop().time())
+        return response
+
+    def _answer(self, path: str, arguments: dict[str, Any]) -> Response:
         status = self.statuses.get(path)
         if status is not None:
             return JSONResponse({"detail": f"simulated failure {status}"}, status_code=status)
-        arguments = body if isinstance(body, dict) else dict(request.query_params)
         if path == "/orders":
             order = str(arguments.get("order", ""))
             return JSONResponse({"order": order, "status": "shipped", "arrives": "Thursday"})
