@@ -1,9 +1,10 @@
-"""The tool calls of one call, Sans-I/O: which ran, which run, and when to hold the line.
+"""The tool calls of one call, Sans-I/O: what each means, which run, when to hold the line.
 
-`CallSession` decides what a function call does (hang up, transfer, run an HTTP tool, refuse);
-this keeps the books: one `ToolCall` per call_id (a call_id seen twice runs once), the HTTP
-tools still running and when a holding phrase is due, secrets scrubbed out of everything that is
-recorded, and the metrics of each finished call.
+`ToolCalls.decide` says what a function call of the model means (hang up or transfer once the
+reply is heard, run an HTTP tool, or refuse it with an error for the model) and `key_exit` what
+a keypad key bound to an action means; `CallSession` carries those out. The books: one
+`ToolCall` per call_id (a call_id seen twice runs once), the HTTP tools still running and when a
+holding phrase is due, secrets scrubbed out of everything recorded, the metrics of each call.
 """
 
 from __future__ import annotations
@@ -14,13 +15,54 @@ import json
 from typing import Any
 
 from bridge import metrics
-from bridge.record import CallRecord, ToolCall
-from bridge.tools.config import ProfileTools, scrub
+from bridge.after_stream import HANGUP, NextStep
+from bridge.record import CallRecord, EndReason, ToolCall
+from bridge.tools.config import END_CALL, TRANSFER_CALL, HttpTool, KeyAction, ProfileTools, scrub
 
 HOLD_AFTER = 1.5  # a tool still running this long gets a holding phrase...
 HOLD_GAP = 0.5  # ...or this long after the audio the caller is hearing has played out
 RECHECK = 0.25  # while the caller talks or a response runs, look again this often
 MAX_RECORDED_CHARS = 2000  # of arguments and results kept in the call log
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Exit:
+    """How a closing call ends once its goodbye has been heard."""
+
+    reason: EndReason
+    detail: str = ""
+    next_step: NextStep | None = None
+    destination: str = ""  # a transfer's destination name
+    via: str = "tool"  # what asked for it: "tool", "keypad" or "server"
+    call: ToolCall | None = None  # the end_call / transfer_call that asked for it
+
+
+SHUTDOWN = Exit(EndReason.SERVER_SHUTDOWN, "the server is shutting down", via="server")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer the call with an error output; the model tells the caller."""
+
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """Run this HTTP tool with these arguments."""
+
+    tool: HttpTool
+    arguments: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExitAfterReply:
+    """End the call (hang up, transfer) once the reply that asked for it has been heard."""
+
+    exit: Exit
+
+
+Decision = Refuse | Run | ExitAfterReply
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,6 +84,64 @@ class ToolCalls:
         self._keys = itertools.count(1)
         self.running: dict[str, Running] = {}
         self.held = False  # a holding phrase was asked for while the current tools run
+
+    def kind_of(self, name: str) -> str:
+        """`end_call` or `transfer_call` when the profile offers them; anything else is an
+        HTTP tool, or refused as unknown by `decide`."""
+        if name == END_CALL and self.tools.end_call:
+            return END_CALL
+        if name == TRANSFER_CALL and self.tools.transfer is not None:
+            return TRANSFER_CALL
+        return "http"
+
+    def decide(self, call: ToolCall, arguments_text: str) -> Decision:
+        """What the model's function call means."""
+        arguments = parse_arguments(arguments_text)
+        if arguments is None:
+            return Refuse("the arguments are not a JSON object")
+        if call.kind == END_CALL:
+            reason = self.scrub(str(arguments.get("reason") or "")[:200])
+            detail = "end_call" + (f": {reason}" if reason else "")
+            return ExitAfterReply(Exit(EndReason.ASSISTANT_HANGUP, detail, HANGUP, call=call))
+        transfer = self.tools.transfer
+        if call.kind == TRANSFER_CALL and transfer is not None:
+            destination = str(arguments.get("destination") or "")
+            if destination not in transfer.destinations:
+                known = ", ".join(sorted(transfer.destinations))
+                return Refuse(f"unknown destination {destination!r:.80}; use one of: {known}")
+            detail = f"transfer_call to {destination}"
+            step = self._dial(destination)
+            return ExitAfterReply(Exit(EndReason.TRANSFERRED, detail, step, destination, call=call))
+        tool = self.tools.http_tool(call.name)
+        if tool is None:
+            return Refuse(f"there is no tool named {call.name!r:.80}")
+        return Run(tool, arguments)
+
+    def key_exit(self, key: str, action: KeyAction, at: float) -> Exit:
+        """A keypad key bound to an action: recorded as a finished call, and how the call
+        ends (at once)."""
+        if action.action == "transfer" and self.tools.transfer is not None:
+            destination = action.destination  # checked when the profile loaded
+            call = self.keypad(key, TRANSFER_CALL, destination, at)
+            detail = f"keypad {key}: transfer to {destination}"
+            step = self._dial(destination)
+            return Exit(EndReason.TRANSFERRED, detail, step, destination, "keypad", call)
+        call = self.keypad(key, END_CALL, "", at)
+        detail = f"keypad {key}: end_call"
+        return Exit(EndReason.ASSISTANT_HANGUP, detail, HANGUP, via="keypad", call=call)
+
+    def exiting(self, exit_: Exit) -> None:
+        """The call ends this way: a transfer's destination goes on the record."""
+        if exit_.reason is EndReason.TRANSFERRED and exit_.next_step is not None:
+            self._record.transfer_to = exit_.destination
+            self._record.transfer_number = exit_.next_step.number
+            metrics.TRANSFERS.labels(via=exit_.via).inc()
+
+    def _dial(self, destination: str) -> NextStep:
+        transfer = self.tools.transfer
+        assert transfer is not None
+        number = transfer.destinations[destination]
+        return NextStep("dial", number, transfer.say, transfer.timeout_seconds, transfer.caller_id)
 
     def begin(
         self, call_id: str, name: str, kind: str, arguments: str, at: float

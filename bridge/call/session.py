@@ -21,15 +21,18 @@ import logging
 from typing import Any
 
 from bridge import audio, metrics, realtime, twilio
-from bridge.after_stream import HANGUP, NextStep
+from bridge.after_stream import NextStep
 from bridge.call.actions import (
     HOLD_AFTER,
     HOLD_GAP,
     RECHECK,
+    SHUTDOWN,
+    Exit,
+    Refuse,
+    Run,
     ToolCalls,
     error_output,
     holding_instructions,
-    parse_arguments,
 )
 from bridge.call.bargein import Playback
 from bridge.call.effects import (
@@ -50,7 +53,7 @@ from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
 from bridge.record import CallEvent, CallRecord, EndReason, ToolCall, Turn
 from bridge.settings import AudioMode
-from bridge.tools.config import END_CALL, TRANSFER_CALL, KeyAction
+from bridge.tools.config import KeyAction
 from bridge.tools.http import ToolResult
 
 logger = logging.getLogger(__name__)
@@ -71,21 +74,6 @@ class Closing(enum.Enum):
     NO = "no"
     GOODBYE = "goodbye"
     PLAYING_OUT = "playing_out"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exit:
-    """How a closing call ends once its goodbye has been heard."""
-
-    reason: EndReason
-    detail: str = ""
-    next_step: NextStep | None = None
-    destination: str = ""  # a transfer's destination name
-    via: str = "tool"  # what asked for it: "tool", "keypad" or "server"
-    call: ToolCall | None = None  # the end_call / transfer_call that asked for it
-
-
-SHUTDOWN = Exit(EndReason.SERVER_SHUTDOWN, "the server is shutting down", via="server")
 
 
 class CallSession:
@@ -533,51 +521,23 @@ class CallSession:
     def _on_function_call(self, out: list[Effect], fc: realtime.FunctionCall, now: float) -> None:
         """The model called a function: hang up or transfer once its reply is heard, run an
         HTTP tool, or refuse with an error output (the model then tells the caller)."""
-        tools = self.profile.tools
-        transfer = tools.transfer
-        name = fc.name
-        if name == END_CALL and tools.end_call:
-            kind = END_CALL
-        elif name == TRANSFER_CALL and transfer is not None:
-            kind = TRANSFER_CALL
-        else:
-            kind = "http"
-        call = self._tools.begin(fc.call_id, name, kind, fc.arguments, self._at(now))
+        kind = self._tools.kind_of(fc.name)
+        call = self._tools.begin(fc.call_id, fc.name, kind, fc.arguments, self._at(now))
         if call is None:
             return  # seen in output_item.done, and again in response.done: runs once
         out.append(ToolCallChanged(call))
-        arguments = parse_arguments(fc.arguments)
-        tool = tools.http_tool(name)
         if self._closing is not Closing.NO:
             self._tool_refused(out, now, call, "the call is ending", reply=False)
-        elif arguments is None:
-            self._tool_refused(out, now, call, "the arguments are not a JSON object")
-        elif kind == END_CALL:
-            reason = str(arguments.get("reason") or "")[:200]
-            detail = "end_call" + (f": {self._tools.scrub(reason)}" if reason else "")
-            exit_ = Exit(EndReason.ASSISTANT_HANGUP, detail, HANGUP, call=call)
-            self._exits[fc.response_id] = exit_
-        elif kind == TRANSFER_CALL:
-            assert transfer is not None
-            destination = str(arguments.get("destination") or "")
-            number = transfer.destinations.get(destination)
-            if number is None:
-                known = ", ".join(sorted(transfer.destinations))
-                message = f"unknown destination {destination!r:.80}; use one of: {known}"
-                self._tool_refused(out, now, call, message)
-                return
-            step = NextStep(
-                "dial", number, transfer.say, transfer.timeout_seconds, transfer.caller_id
-            )
-            detail = f"transfer_call to {destination}"
-            exit_ = Exit(EndReason.TRANSFERRED, detail, step, destination, call=call)
-            self._exits[fc.response_id] = exit_
-        elif tool is not None:
+            return
+        decision = self._tools.decide(call, fc.arguments)
+        if isinstance(decision, Refuse):
+            self._tool_refused(out, now, call, decision.message)
+        elif isinstance(decision, Run):
             self._tools.started(call, now)
-            out.append(RunTool(fc.call_id, tool, arguments))
+            out.append(RunTool(fc.call_id, decision.tool, decision.arguments))
             out.append(Wake(now + HOLD_AFTER))
         else:
-            self._tool_refused(out, now, call, f"there is no tool named {name!r:.80}")
+            self._exits[fc.response_id] = decision.exit
 
     def _tool_refused(
         self, out: list[Effect], now: float, call: ToolCall, message: str, *, reply: bool = True
@@ -625,37 +585,16 @@ class CallSession:
 
     def _key_action(self, out: list[Effect], key: str, action: KeyAction, now: float) -> None:
         """A keypad key bound to an action acts at once: whatever plays stops, the call ends."""
-        transfer = self.profile.tools.transfer
-        if action.action == "transfer" and transfer is not None:
-            destination = action.destination
-            number = transfer.destinations[destination]  # checked when the profile loaded
-            call = self._tools.keypad(key, TRANSFER_CALL, destination, self._at(now))
-            step = NextStep(
-                "dial", number, transfer.say, transfer.timeout_seconds, transfer.caller_id
-            )
-            exit_ = Exit(
-                EndReason.TRANSFERRED,
-                f"keypad {key}: transfer to {destination}",
-                step,
-                destination,
-                via="keypad",
-            )
-        else:
-            call = self._tools.keypad(key, END_CALL, "", self._at(now))
-            exit_ = Exit(
-                EndReason.ASSISTANT_HANGUP, f"keypad {key}: end_call", HANGUP, via="keypad"
-            )
-        out.append(ToolCallChanged(call))
+        exit_ = self._tools.key_exit(key, action, self._at(now))
+        assert exit_.call is not None
+        out.append(ToolCallChanged(exit_.call))
         self._barge_in(out, now, by_caller=False)
         self._set_exit(exit_)
         self._end_as_closing(out)
 
     def _set_exit(self, exit_: Exit) -> None:
         self._exit = exit_
-        if exit_.reason is EndReason.TRANSFERRED and exit_.next_step is not None:
-            self.record.transfer_to = exit_.destination
-            self.record.transfer_number = exit_.next_step.number
-            metrics.TRANSFERS.labels(via=exit_.via).inc()
+        self._tools.exiting(exit_)
 
     def _check_hold(self, out: list[Effect], now: float) -> None:
         """A tool still running after HOLD_AFTER: ask for a short holding phrase, so the caller

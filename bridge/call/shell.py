@@ -263,7 +263,12 @@ class Call:
             result = ToolResult(False, '{"error": "tools are not available"}', "no tool runner")
         else:
             async with self._tools_in_flight:
-                result = await runner.run(request.tool, request.arguments)
+                try:
+                    result = await runner.run(request.tool, request.arguments)
+                except Exception as exc:  # a bug in a tool run must not end the call
+                    logger.error("tool %s failed", request.tool.name, exc_info=exc)
+                    error = f"the tool failed ({type(exc).__name__})"
+                    result = ToolResult(False, json.dumps({"error": error}), error)
         self._apply(session.tool_done(request.call_id, result, self._loop.time()))
 
     # ---- caller -> model -----------------------------------------------------------------------
