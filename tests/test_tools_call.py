@@ -565,3 +565,56 @@ async def test_one_call_runs_at_most_4_tools_at_once(
     assert len(creates) == 1
     record = await bridge.finished(caller.call_sid)
     assert [tool.outcome for tool in record.tool_calls] == ["ok"] * 6
+
+
+async def test_a_transfer_to_an_unknown_destination_is_refused_and_the_call_goes_on(
+    simulator: RealtimeSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = simulator.config
+    config.replies = ("",)
+    config.tool_calls = {0: [SimToolCall("transfer_call", {"destination": "ceo"})]}
+    config.tool_reply = lambda name, output: "I can connect you to the front desk or billing."
+    config.reply_audio = tones(1000, seconds=0.6)
+    async with (
+        ToolService() as service,
+        tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
+        dial(bridge) as (caller, _),
+    ):
+        session = await simulator.wait_for_session()
+        await caller.say_and_wait(utterance())
+        await session.wait_for_sent("response.done", count=2, timeout=10)
+        await caller.wait_until_quiet(0.5, timeout=10)
+        await caller.hangup()
+    (output,) = sent_of(session, "conversation.item.create")
+    error = json.loads(output["item"]["output"])["error"]
+    assert error == "unknown destination 'ceo'; use one of: billing, front_desk"
+    assert [round(hz, -1) for _, _, hz in heard_tones(caller.heard())] == [1000]
+    record = await bridge.finished(caller.call_sid)
+    assert record.end_reason is EndReason.CALLER_HANGUP
+    assert record.transfer_to == ""
+    assert [tool.outcome for tool in record.tool_calls] == ["error"]
+
+
+async def test_a_keypad_end_call_hangs_up_at_once(
+    simulator: RealtimeSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        ToolService() as service,
+        tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
+        dial(bridge) as (caller, action),
+    ):
+        await asyncio.sleep(0.3)
+        await caller.press("9")
+        await caller.wait_closed(timeout=5)
+        status, twiml = await fetch_action(
+            action, bridge.base, call_sid=caller.call_sid, from_=CALLER, to=CALLED
+        )
+    assert caller.closed_by == "bridge"
+    assert status == 200
+    assert parse_next_step(twiml) == [{"verb": "Hangup"}]
+    record = await bridge.finished(caller.call_sid)
+    assert (record.end_reason, record.end_detail) == (
+        EndReason.ASSISTANT_HANGUP,
+        "keypad 9: end_call",
+    )
+    assert [e.detail["digit"] for e in record.events if e.kind == "dtmf"] == ["9"]
