@@ -23,9 +23,10 @@ from starlette.websockets import WebSocket
 from twilio.twiml.voice_response import VoiceResponse
 
 from bridge import metrics, numbers, signatures, twilio
+from bridge.admission import Admission, LoopLag
 from bridge.after_stream import ACTION_PATH, HANGUP, MemoryNextSteps, NextSteps
 from bridge.call.shell import Call, CallServices
-from bridge.drain import CallRegistry, drain
+from bridge.drain import drain
 from bridge.errors import ConfigError, ProtocolViolation
 from bridge.logs import mask_number
 from bridge.profiles import Profile
@@ -33,6 +34,7 @@ from bridge.record import MemoryRecorder, Recorder
 from bridge.settings import Settings
 from bridge.tools.http import ToolRunner
 from bridge.tts import SpeechClient
+from bridge.upstream import UpstreamHealth
 from bridge.web.auth import Access, Guard
 
 logger = logging.getLogger(__name__)
@@ -102,14 +104,20 @@ class Bridge:
         self.guard = Guard(settings)
         self._exposition = metrics.metrics_endpoint(None)
         self._choose_profile = profile_for
-        self.live_calls = CallRegistry()
+        # The live calls, and BRIDGE_MAX_CALLS: places the webhook reserved count until they end.
+        self.live_calls = Admission(settings.max_calls)
+        self.loop_lag = LoopLag(settings.event_loop_lag_limit_ms)
         self.speech: SpeechClient | None = None
         self.tools: ToolRunner | None = None
         # What each call leaves for Twilio's `<Connect action>` request; `bridge serve` shares
         # it through the call log's database, so any worker or replica can answer.
         self.next_steps: NextSteps = MemoryNextSteps()
+        self.upstream_health = UpstreamHealth()
         # Extra readiness checks (e.g. the call log's database): each returns a problem or None.
-        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
+        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = [
+            self.live_calls.check,
+            self.loop_lag.check,
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -119,10 +127,12 @@ class Bridge:
             with numbers.reload_on_sighup(self.numbers):
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(self.numbers.watch(), name="numbers-watch")
+                    lag = tg.create_task(self.loop_lag.run(), name="loop-lag")
                     try:
                         yield
                     finally:
                         watcher.cancel()
+                        lag.cancel()
         finally:
             await self.speech.aclose()
             await self.tools.aclose()
@@ -191,6 +201,9 @@ class Bridge:
         form = await self._twilio_form(request)
         if isinstance(form, Response):
             return form
+        busy = self._busy(form, request.query_params.get("profile", ""))
+        if busy is not None:
+            return busy
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", ""), form.get("To", "")
         direction = form.get("Direction", "inbound") or "inbound"
@@ -220,6 +233,26 @@ class Bridge:
                 },
             )
             return Response(refusal_twiml(direction), media_type=TWIML)
+        if self.upstream_health.down(time.time()):
+            # No assistant could speak on the stream: the caller hears the fallback at once.
+            logger.warning(
+                "call %s answered with the fallback of profile %s: Realtime is down (%s)",
+                call_sid,
+                routing.profile.name,
+                self.upstream_health.last_problem,
+            )
+            self.recorder.call_status(
+                call_sid,
+                "rejected",
+                {
+                    "From": caller,
+                    "To": called,
+                    "Direction": direction,
+                    "Profile": routing.profile.name,
+                    "Reason": "fallback: the Realtime service cannot be reached",
+                },
+            )
+            return Response(routing.profile.fallback.twiml(), media_type=TWIML)
         logger.info(
             "incoming call %s from %s to %s: profile %s (%s)",
             call_sid,
@@ -244,6 +277,44 @@ class Bridge:
             status_callback=base + STATUS_PATH,
             action=twilio.action_url(base),
         )
+        return Response(twiml, media_type=TWIML)
+
+    def _busy(self, form: ImmutableMultiDict[str, str], requested: str) -> Response | None:
+        """At BRIDGE_MAX_CALLS: the routed profile's busy answer, never a `<Connect>`. Otherwise
+        reserve the call's place (None); a caller its rules refuse is left to them."""
+        if self.live_calls.max_calls is None:
+            return None
+        call_sid = form.get("CallSid", "")
+        caller, called = form.get("From", ""), form.get("To", "")
+        direction = form.get("Direction", "inbound") or "inbound"
+        routing = self.numbers.current.route(
+            caller=caller, called=called, direction=direction, requested=requested
+        )
+        if not routing.admitted or self.live_calls.admit(call_sid):
+            return None
+        profile = routing.profile
+        logger.warning(
+            "refused call %s from %s to %s: busy, %d/%s calls (profile %s)",
+            call_sid,
+            mask_number(caller),
+            mask_number(called),
+            self.live_calls.occupied(),
+            self.live_calls.max_calls,
+            profile.name,
+        )
+        self.recorder.call_status(
+            call_sid,
+            "rejected",
+            {
+                "From": caller,
+                "To": called,
+                "Direction": direction,
+                "Profile": profile.name,
+                "Reason": "busy",
+            },
+        )
+        metrics.call_refused("busy")
+        twiml = profile.busy.twiml(outbound=direction.startswith("outbound"))
         return Response(twiml, media_type=TWIML)
 
     async def stream_ended(self, request: Request) -> Response:
@@ -315,6 +386,7 @@ class Bridge:
             claim_stream=self.claim_stream,
             tools=self.tools,
             next_steps=self.next_steps,
+            upstream_health=self.upstream_health,
         )
         call = Call(websocket, services)
         self.live_calls.add(call)

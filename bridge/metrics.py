@@ -41,10 +41,12 @@ __all__ = [
     "ADDED_LATENCY_MODEL_TO_CALLER",
     "BARGE_INS",
     "CALLS_ENDED",
+    "CALLS_REFUSED",
     "CALL_DURATION",
     "CALL_LOG_WRITE_FAILURES",
     "CLEAR_LATENCY",
     "DRAINING",
+    "EVENT_LOOP_LAG",
     "HOLDING_PHRASES",
     "LIVE_CALLS",
     "METRICS",
@@ -52,6 +54,8 @@ __all__ = [
     "QUEUE_DEPTH",
     "REALTIME_CONNECT",
     "REALTIME_ERRORS",
+    "RECONNECTS",
+    "RECONNECT_GAP",
     "REGISTRY",
     "SAMPLE_EVERY",
     "TEXT_ONLY_RECOVERIES",
@@ -64,6 +68,7 @@ __all__ = [
     "Sampled",
     "barge_in",
     "call_ended",
+    "call_refused",
     "live_call",
     "metrics_app",
     "metrics_endpoint",
@@ -82,6 +87,10 @@ Side = Literal["twilio", "realtime"]
 # server_error: an `error` event the call did not shrug off; closed: the socket closed with an
 # error code mid-call; timeout: Realtime stopped reading what we sent.
 RealtimeErrorKind = Literal["rejected", "unavailable", "server_error", "closed", "timeout"]
+
+# busy: the process was at BRIDGE_MAX_CALLS (bridge.admission).
+RefusalReason = Literal["busy"]
+REFUSAL_REASONS: tuple[RefusalReason, ...] = ("busy",)
 
 DIRECTIONS: tuple[Direction, ...] = ("caller_to_model", "model_to_caller")
 SIDES: tuple[Side, ...] = ("twilio", "realtime")
@@ -193,6 +202,18 @@ HOLDING_PHRASES = Counter(
     "Holding phrases asked for because a tool was still running.",
     registry=REGISTRY,
 )
+RECONNECTS = Counter(
+    "bridge_reconnects",
+    "Realtime sessions lost mid-call, by outcome (reconnected, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RECONNECT_GAP = Histogram(
+    "bridge_reconnect_gap_seconds",
+    "From losing the Realtime session to the new one taking the call.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+    registry=REGISTRY,
+)
 TRANSFERS = Counter(
     "bridge_transfers",
     "Calls handed to a person, by how (tool or keypad).",
@@ -203,6 +224,18 @@ DRAINING = Gauge(
     "bridge_draining",
     "1 while draining for shutdown, else 0.",
     multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+CALLS_REFUSED = Counter(
+    "bridge_calls_refused",
+    "Calls the voice webhook turned away, by reason (busy: at BRIDGE_MAX_CALLS).",
+    ["reason"],
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG = Histogram(
+    "bridge_event_loop_lag_seconds",
+    "How late the event loop woke a 0.25 s timer (measured 4 times a second).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     registry=REGISTRY,
 )
 
@@ -224,7 +257,11 @@ METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     TOOL_SECONDS,
     HOLDING_PHRASES,
     TRANSFERS,
+    RECONNECTS,
+    RECONNECT_GAP,
     DRAINING,
+    CALLS_REFUSED,
+    EVENT_LOOP_LAG,
 )
 
 # Every known label value exists from the start at 0, so rate() and alerts see the first event.
@@ -238,6 +275,10 @@ for _side in SIDES:
     PROTOCOL_ERRORS.labels(side=_side)
 for _via in ("tool", "keypad"):
     TRANSFERS.labels(via=_via)
+for _refusal in REFUSAL_REASONS:
+    CALLS_REFUSED.labels(reason=_refusal)
+for _outcome in ("reconnected", "failed"):
+    RECONNECTS.labels(outcome=_outcome)
 
 
 T = TypeVar("T")
@@ -309,6 +350,11 @@ def call_ended(reason: EndReason, duration_seconds: float) -> None:
     """One per call, where the end reason is final."""
     CALLS_ENDED.labels(reason=reason.value).inc()
     CALL_DURATION.observe(duration_seconds)
+
+
+def call_refused(reason: RefusalReason) -> None:
+    """One per voice webhook answered with a refusal instead of a stream."""
+    CALLS_REFUSED.labels(reason=reason).inc()
 
 
 def barge_in(clear_latency_seconds: float) -> None:

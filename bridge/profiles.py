@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from bridge.fallback import DEFAULT_FALLBACK_SAY, Busy, Fallback
 from bridge.settings import AudioMode, Settings
 from bridge.tools.config import ProfileTools
 
@@ -115,6 +116,12 @@ class Profile:
     callers: CallerRules = CallerRules()
     # end_call, transfer, keypad, HTTP tools, MCP servers
     tools: ProfileTools = dataclasses.field(default_factory=ProfileTools)
+    reconnect_seconds: float = 5.0  # trying to reach the model again before the fallback
+    session_max_seconds: float = 3300.0  # move to a fresh Realtime session before this age
+    # True when BRIDGE_SESSION_MAX_SECONDS set it: the environment then wins over the file.
+    session_max_pinned: bool = False
+    fallback: Fallback = dataclasses.field(default_factory=Fallback)  # model cannot be reached
+    busy: Busy = dataclasses.field(default_factory=Busy)  # the process is at BRIDGE_MAX_CALLS
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "default") -> Profile:
@@ -134,6 +141,9 @@ class Profile:
             transcription_model=settings.transcription_model,
             audio_mode=settings.audio_mode,
             max_call_seconds=settings.max_call_seconds,
+            reconnect_seconds=settings.reconnect_seconds,
+            session_max_seconds=settings.session_max_seconds,
+            session_max_pinned="session_max_seconds" in settings.model_fields_set,
         )
 
 
@@ -158,6 +168,10 @@ PROFILE_FIELDS = (
     "keypad",
     "tools",
     "mcp",
+    "reconnect_seconds",
+    "session_max_seconds",
+    "fallback",
+    "busy",
 )
 _SERVER_VAD_ONLY = ("threshold", "prefix_padding_ms", "silence_duration_ms")
 
@@ -278,6 +292,10 @@ def profile_from_table(
     audio_mode = fields.choice("audio_mode", "audio_mode", tuple(mode.value for mode in AudioMode))
     seconds = fields.number("max_call_seconds", "max_call_seconds", 1, 86_400)
     keep = fields.boolean("keep_transcripts", "keep_transcripts")
+    reconnect = fields.number("reconnect_seconds", "reconnect_seconds", 0.5, 120)
+    session_max = fields.number("session_max_seconds", "session_max_seconds", 60, 86_400)
+    if inherit.session_max_pinned:
+        session_max = None  # BRIDGE_SESSION_MAX_SECONDS wins (checked all the same)
     for key, value in (
         ("voice", voice),
         ("model", model),
@@ -285,6 +303,8 @@ def profile_from_table(
         ("goodbye", goodbye),
         ("max_call_seconds", seconds),
         ("keep_transcripts", keep),
+        ("reconnect_seconds", reconnect),
+        ("session_max_seconds", session_max),
     ):
         if value is not None:
             changes[key] = value
@@ -310,6 +330,8 @@ def profile_from_table(
     from bridge.tools.parse import tools_from_table  # it imports Fields from this module
 
     changes["tools"] = tools_from_table(fields, inherit.tools)
+    changes["fallback"] = _fallback(fields, inherit.fallback)
+    changes["busy"] = _busy(fields, inherit.busy)
     return dataclasses.replace(inherit, **changes)
 
 
@@ -365,6 +387,31 @@ def _turn_detection(fields: Fields, inherit: TurnDetection) -> TurnDetection:
     elif "eagerness" in table.table:
         table.problem("turn_detection.eagerness", "applies to semantic_vad only")
     return dataclasses.replace(inherit, **changes)
+
+
+def _fallback(fields: Fields, inherit: Fallback) -> Fallback:
+    """`[fallback]` replaces the inherited one whole: `say` and `dial` are one decision."""
+    table = fields.subtable("fallback", "fallback")
+    if table is None:
+        return inherit
+    table.unknown(("say", "dial"), "fallback.")
+    say = table.string("say", "fallback.say")
+    dial = table.string("dial", "fallback.dial", empty=False)
+    number = ""
+    if dial is not None:
+        try:
+            number = normalise_number(dial)
+        except ValueError as exc:
+            table.problem("fallback.dial", str(exc))
+    return Fallback(say=DEFAULT_FALLBACK_SAY if say is None else say, dial=number)
+
+
+def _busy(fields: Fields, inherit: Busy) -> Busy:
+    table = fields.subtable("busy", "busy")
+    if table is None:
+        return inherit
+    table.unknown(("say",), "busy.")
+    return Busy(say=table.string("say", "busy.say") or "")
 
 
 def _callers(fields: Fields) -> CallerRules:

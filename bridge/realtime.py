@@ -40,13 +40,16 @@ TEXT_CONTENT_TYPES = frozenset({"output_text", "text"})
 FATAL_ERROR_CODES = frozenset(
     {"session_expired", "beta_api_shape_disabled", "invalid_api_key", "insufficient_quota"}
 )
+# Fatal errors a new session cures (the session reached its maximum duration).
+RENEWABLE_ERROR_CODES = frozenset({"session_expired"})
 
 
 # ---- client events ---------------------------------------------------------------------------
 
 
-def session_update(profile: Profile) -> dict[str, Any]:
-    """The one `session.update` sent on connect: audio out only, turn detection, transcription."""
+def session_update(profile: Profile, instructions: str | None = None) -> dict[str, Any]:
+    """The `session.update` sent on connect: audio out only, turn detection, transcription,
+    tools. `instructions` replaces the profile's (a session taking over a call in progress)."""
     audio_format = PCMU_FORMAT if profile.audio_mode is AudioMode.PCMU else PCM_FORMAT
     audio_input: dict[str, Any] = {
         "format": dict(audio_format),
@@ -60,7 +63,7 @@ def session_update(profile: Profile) -> dict[str, Any]:
     session: dict[str, Any] = {
         "type": "realtime",
         "output_modalities": list(AUDIO_ONLY),
-        "instructions": profile.instructions,
+        "instructions": profile.instructions if instructions is None else instructions,
         "audio": {
             "input": audio_input,
             "output": {"format": dict(audio_format), "voice": profile.voice},
@@ -212,6 +215,12 @@ def function_call_output(
     return _with_id({"type": "conversation.item.create", "item": item}, event_id)
 
 
+def system_text(text: str, *, event_id: str | None = None) -> dict[str, Any]:
+    """`conversation.item.create` of a system message (what the bridge tells the model)."""
+    item = {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}
+    return _with_id({"type": "conversation.item.create", "item": item}, event_id)
+
+
 def item_delete(item_id: str, *, event_id: str | None = None) -> dict[str, Any]:
     return _with_id({"type": "conversation.item.delete", "item_id": item_id}, event_id)
 
@@ -348,6 +357,11 @@ class ServerError:
     @property
     def fatal(self) -> bool:
         return self.code in FATAL_ERROR_CODES
+
+    @property
+    def renewable(self) -> bool:
+        """Fatal for this session, cured by a new one."""
+        return self.code in RENEWABLE_ERROR_CODES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -25,6 +25,8 @@ class EndReason(enum.StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_REJECTED = "upstream_rejected"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_FAILED = "upstream_failed"  # reconnecting to the model failed for reconnect_seconds
+    CALLER_TIMEOUT = "caller_timeout"  # the Media Stream went silent: no message for seconds
     PROTOCOL_ERROR = "protocol_error"
     START_TIMEOUT = "start_timeout"
     NO_AUDIO = "no_audio"

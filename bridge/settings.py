@@ -67,6 +67,11 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_METRICS_PORT": "metrics_port",
     "BRIDGE_METRICS_HOST": "metrics_host",
     "BRIDGE_WORKERS": "workers",
+    "BRIDGE_MAX_CALLS": "max_calls",
+    "BRIDGE_RECONNECT_SECONDS": "reconnect_seconds",
+    "BRIDGE_SESSION_MAX_SECONDS": "session_max_seconds",
+    "BRIDGE_EVENT_LOOP_LAG_LIMIT_MS": "event_loop_lag_limit_ms",
+    "BRIDGE_CALLER_TIMEOUT_SECONDS": "caller_timeout_seconds",
 }
 
 
@@ -108,6 +113,17 @@ class Settings(BaseModel):
     # The metrics port has no token: loopback unless a scraper must reach it (containers).
     metrics_host: str = Field(default="127.0.0.1", min_length=1)
     workers: int = Field(default=1, ge=1, le=64)  # `bridge serve` processes (bridge.workers)
+    # Admission control, per process: calls beyond it hear the profile's busy answer (None: no
+    # limit), and /readyz fails while the loop lags past the limit (None: lag is only exported).
+    max_calls: int | None = Field(default=None, ge=1)
+    event_loop_lag_limit_ms: float | None = Field(default=None, gt=0, le=10_000)
+    # Profile defaults: how long to try reaching the model again before the fallback, and when to
+    # move to a fresh Realtime session (the service ends one at 60 minutes, Azure at 30).
+    reconnect_seconds: float = Field(default=5.0, ge=0.5, le=120)
+    # Set in the environment, it wins over every profile's (see Profile.from_settings).
+    session_max_seconds: float = Field(default=3300.0, ge=60, le=86_400)
+    # A Media Stream with no message for this long is dead (Twilio sends media every 20 ms).
+    caller_timeout_seconds: float = Field(default=5.0, ge=0.5, le=300)
 
     @field_validator("openai_api_key")
     @classmethod

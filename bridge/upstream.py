@@ -71,3 +71,31 @@ async def open_session(settings: Settings, model: str) -> AsyncIterator[ClientCo
         # close() is bounded by close_timeout; shield it so a cancelled call still says goodbye.
         with contextlib.suppress(Exception):
             await asyncio.shield(connection.close())
+
+
+class UpstreamHealth:
+    """Whether the Realtime service can be reached, as this process's calls last found it.
+
+    A refused or failed connection marks it down; any session that opens marks it up. While it
+    is down (for at most `HOLD_DOWN` seconds after the last failure, so a later call tries
+    again) the voice webhook answers the profile's fallback instead of connecting a caller to
+    a stream no assistant will speak on.
+    """
+
+    HOLD_DOWN = 30.0
+
+    def __init__(self) -> None:
+        self._failed_at: float | None = None
+        self.last_problem = ""
+
+    def opened(self) -> None:
+        self._failed_at = None
+        self.last_problem = ""
+
+    def failed(self, problem: str, now: float) -> None:
+        self._failed_at = now
+        self.last_problem = problem
+
+    def down(self, now: float) -> bool:
+        failed = self._failed_at
+        return failed is not None and now - failed < self.HOLD_DOWN

@@ -58,8 +58,14 @@ PROFILE = Profile(
 MS = 8  # bytes of mu-law per millisecond
 
 
-def new_session(profile: Profile = PROFILE) -> tuple[CallSession, list[Effect]]:
-    session = CallSession(START, profile, CallRecord("", ""), now=0.0)
+def new_session(
+    profile: Profile = PROFILE, caller_timeout: float = 3600.0
+) -> tuple[CallSession, list[Effect]]:
+    """A session whose model socket has just opened (the caller never times out unless
+    `caller_timeout` says so: these tables send no media)."""
+    session = CallSession(
+        START, profile, CallRecord("", ""), now=0.0, caller_timeout=caller_timeout
+    )
     return session, session.open(0.0)
 
 
@@ -512,15 +518,12 @@ def test_max_duration() -> None:
     assert ends(session.timer(600.0))[0].reason is EndReason.MAX_DURATION
 
 
-def test_fatal_model_error_ends_the_call_and_a_cancel_race_is_harmless() -> None:
+def test_fatal_model_error_ends_the_call_with_the_fallback_and_a_cancel_race_is_harmless() -> None:
     session, _ = new_session()
     assert session.model_event(error("response_cancel_not_active"), 0.0) == []
-    effects = session.model_event(error("session_expired"), 1.0)
-    if realtime.ServerError("x", "session_expired", "", None).fatal:
-        assert ends(effects)[0].reason is EndReason.UPSTREAM_ERROR
-    else:
-        assert ends(effects) == []
-        assert any(isinstance(e, Noted) and e.event.kind == "upstream_error" for e in effects)
+    (end,) = ends(session.model_event(error("insufficient_quota"), 1.0))
+    assert end.reason is EndReason.UPSTREAM_ERROR
+    assert end.next_step == PROFILE.fallback.next_step()  # the caller hears the fallback
 
 
 def test_bad_twilio_messages_are_counted_and_too_many_end_the_call() -> None:

@@ -87,6 +87,14 @@ class ToolCallChanged:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Open a new model session after `delay` seconds (closing the current one, if any);
+    answer with `CallSession.reconnected` or `CallSession.reconnect_failed`."""
+
+    delay: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EndCall:
     """The call is over; the session ignores every input after this. `next_step` is what
     Twilio does after the stream (`<Connect action>`); None: hang up."""
@@ -105,6 +113,7 @@ Effect = (
     | Noted
     | RunTool
     | ToolCallChanged
+    | Reconnect
     | EndCall
 )
 

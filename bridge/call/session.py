@@ -13,11 +13,13 @@ time, and carries out the effects it returns (`bridge.call.effects`) in order. I
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import itertools
 import json
 import logging
+import random
 from typing import Any
 
 from bridge import audio, metrics, realtime, twilio
@@ -35,11 +37,13 @@ from bridge.call.actions import (
     holding_instructions,
 )
 from bridge.call.bargein import Playback
+from bridge.call.context import continue_instructions, resumed_instructions
 from bridge.call.effects import (
     Effect,
     EndCall,
     Kind,
     Noted,
+    Reconnect,
     RunTool,
     Synthesize,
     ToCaller,
@@ -63,6 +67,11 @@ LOGGED_PROTOCOL_ERRORS = 5  # the first few are logged and kept; the rest only c
 TTS_CHUNK_BYTES = audio.FRAME_BYTES * 50  # fallback speech goes out a second at a time, each marked
 GOODBYE_TIMEOUT = 15.0  # a goodbye is short; never hold the line (or the drain) longer
 MARK_MARGIN = 1.0  # a played-out goodbye whose last mark never comes back ends this much later
+CALLER_TIMEOUT = 5.0  # default: a Media Stream silent this long is dead (BRIDGE_CALLER_TIMEOUT_...)
+BACKOFF_FIRST = 0.1  # reconnect attempts: at once, then 0.1 s, 0.2 s, ... (with jitter)
+BACKOFF_MAX = 1.0
+MAX_LOSSES = 4  # sessions lost within LOSS_WINDOW: past this, reconnecting is given up
+LOSS_WINDOW = 60.0
 DIGIT_GAP = 2.0  # a run of keypad digits ends with `#` or this long without another key
 KEYS = frozenset("0123456789*#")
 
@@ -80,7 +89,13 @@ class CallSession:
     """Every decision of one call, from `start` to its end. Not thread-safe; no I/O."""
 
     def __init__(
-        self, start: twilio.Start, profile: Profile, record: CallRecord, *, now: float
+        self,
+        start: twilio.Start,
+        profile: Profile,
+        record: CallRecord,
+        *,
+        now: float,
+        caller_timeout: float = CALLER_TIMEOUT,
     ) -> None:
         self.profile = profile
         self.record = record
@@ -114,13 +129,37 @@ class CallSession:
         self._ended = False
         self._event_ids = itertools.count(1)
         self._speech_ids = itertools.count(1)
+        # A silent Media Stream: frames counted at each check, the last time they moved.
+        self._caller_timeout = caller_timeout
+        self._caller_seen_at = now
+        self._caller_check_at = 0.0
+        self._frames_seen = 0
+        # The model's session: lost since when and why, the budget to get a new one.
+        self._opened = False
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self._reconnect_until = 0.0
+        self._attempts = 0
+        self._cut_off = ""  # the reply a lost session was saying, finished by the next one
+        self._orphans: set[str] = set()  # tool calls of a lost session, still running
+        self._losses: collections.deque[float] = collections.deque()  # when sessions were lost
         _fill_record(record, start, profile)
 
     # ---- inputs --------------------------------------------------------------------------------
 
+    def connected(self, now: float) -> list[Effect]:
+        """A model session is open: the first (`open`), or one taking over the call."""
+        if not self._opened:
+            return self.open(now)
+        return self._resume(now)
+
     def open(self, now: float) -> list[Effect]:
         """The model's socket is open: configure the session, greet, arm the call's deadline."""
+        self._opened = True
         out: list[Effect] = [ToModel(realtime.session_update(self.profile)), Wake(self._deadline)]
+        self._check_caller(out, now)
+        if self._down_since is not None:  # the first session took retries to open
+            self._note_reconnected(out, now)
         if self.profile.greeting:
             self._request_response(out, now, self.profile.greeting)
         return out
@@ -142,6 +181,7 @@ class CallSession:
         """Anything but media from Twilio: mark echoes, DTMF, the stream's stop."""
         if self._ended:
             return []
+        self._caller_seen_at = now
         out: list[Effect] = []
         if isinstance(message, twilio.Mark):
             item_id = self._playback.echoed(message.name, now)
@@ -235,7 +275,15 @@ class CallSession:
         if self._ended:
             return []
         out: list[Effect] = []
-        if now >= self._deadline:
+        if not self._check_caller(out, now):
+            self._end(
+                out,
+                EndReason.CALLER_TIMEOUT,
+                f"no message from Twilio for {self._caller_timeout:g}s",
+            )
+        elif self._down_since is not None and now >= self._reconnect_until:
+            self._give_up(out, now, self._down_reason)
+        elif now >= self._deadline:
             self._end(
                 out, EndReason.MAX_DURATION, f"call exceeded {self.profile.max_call_seconds:.0f}s"
             )
@@ -276,6 +324,62 @@ class CallSession:
         self._request_response(out, now, goodbye)
         return out
 
+    def upstream_lost(self, detail: str, now: float) -> list[Effect]:
+        """The model's session closed or failed (not by us): get a new one within the
+        profile's `reconnect_seconds`, keeping the caller on the line. A goodbye already
+        with Twilio plays out; a goodbye not yet said is given up."""
+        out: list[Effect] = []
+        if self._ended or self._down_since is not None:
+            return out
+        if self._closing is Closing.PLAYING_OUT:
+            return out  # the timer (or the last mark) ends the call
+        if self._closing is Closing.GOODBYE:
+            self._end_as_closing(out)
+            return out
+        losses = self._losses
+        while losses and losses[0] <= now - LOSS_WINDOW:
+            losses.popleft()
+        losses.append(now)
+        self._note(out, now, "upstream_lost", detail=detail[:300])
+        if len(losses) > MAX_LOSSES:
+            self._give_up(out, now, f"{len(losses)} sessions lost within {LOSS_WINDOW:g}s")
+            return out
+        logger.warning("Realtime session lost (%s); reconnecting", detail)
+        self._down_since = now
+        self._down_reason = detail
+        self._attempts = 0
+        self._reconnect_until = now + self.profile.reconnect_seconds
+        self._cut_off = self._speaking_text() if self._responses.active else ""
+        self._forget_model(out, now)
+        out.append(Wake(self._reconnect_until))
+        # A session that keeps dropping is not hammered: the second loss waits a little.
+        delay = 0.0 if len(losses) == 1 else BACKOFF_FIRST * 2 ** (len(losses) - 2)
+        out.append(Reconnect(min(BACKOFF_MAX, delay)))
+        return out
+
+    def reconnect_failed(self, detail: str, now: float, *, refused: bool = False) -> list[Effect]:
+        """A new session could not be opened: try again (backing off, with jitter) while the
+        budget lasts; a refusal (the key, the quota) or an empty budget ends the call with the
+        profile's fallback."""
+        out: list[Effect] = []
+        if self._ended:
+            return out
+        if self._down_since is None:  # the first session of the call
+            self._down_since, self._down_reason = now, detail
+            self._reconnect_until = now + self.profile.reconnect_seconds
+            out.append(Wake(self._reconnect_until))
+        self._attempts += 1
+        self._down_reason = detail
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._attempts - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: calls that lost one service spread out
+        if refused:
+            self._give_up(out, now, detail, EndReason.UPSTREAM_REJECTED)
+        elif now >= self._reconnect_until:
+            self._give_up(out, now, detail)
+        else:  # the budget's timer gives up if this attempt is not back in time
+            out.append(Reconnect(min(delay, self._reconnect_until - now)))
+        return out
+
     def tool_done(self, call_id: str, result: ToolResult, now: float) -> list[Effect]:
         """An HTTP tool answered (or failed): its output goes to the model, and once no tool
         runs any more, a spoken reply is asked for."""
@@ -287,7 +391,12 @@ class CallSession:
             running.call, self._at(now), ok=result.ok, result=result.output, error=error
         )
         out: list[Effect] = [ToolCallChanged(call)]
-        output = realtime.function_call_output(call_id, result.output, event_id=self._next_id())
+        if call_id in self._orphans:  # asked of a session since lost: the new one is told
+            self._orphans.discard(call_id)
+            text = f"(The {call.name} lookup you started before the interruption returned: "
+            output = realtime.system_text(text + result.output + ")", event_id=self._next_id())
+        else:
+            output = realtime.function_call_output(call_id, result.output, event_id=self._next_id())
         out.append(ToModel(output))
         if not self._tools.running and self._closing is Closing.NO:
             self._request_response(out, now)
@@ -513,8 +622,11 @@ class CallSession:
         metrics.realtime_error("server_error")
         logger.warning("Realtime error %s: %s", error.code, error.message)
         self._note(out, now, "upstream_error", code=error.code, message=error.message[:300])
-        if error.fatal:
-            self._end(out, EndReason.UPSTREAM_ERROR, f"{error.code}: {error.message}")
+        if error.renewable:  # the session reached its maximum duration: a new one goes on
+            out.extend(self.upstream_lost(f"{error.code}: {error.message}", now))
+        elif error.fatal:  # the key, the quota: no session will do; the fallback takes over
+            detail = f"{error.code}: {error.message}"
+            self._end(out, EndReason.UPSTREAM_ERROR, detail, self.profile.fallback.next_step())
 
     # ---- tools and actions ----------------------------------------------------------------------
 
@@ -689,6 +801,86 @@ class CallSession:
         # Ends when the last mark comes back; this is the bound if it never does.
         self._played_out_at = now + self._playback.remaining_seconds(now) + MARK_MARGIN
         out.append(Wake(self._played_out_at))
+
+    # ---- the model's session: lost, resumed, given up; a silent caller ------------------------
+
+    def _resume(self, now: float) -> list[Effect]:
+        """A new session takes the call over: it learns the conversation so far from its
+        instructions (never as assistant text items) and finishes a reply the loss cut off."""
+        out: list[Effect] = []
+        base = self.profile.instructions
+        instructions = resumed_instructions(base, self.record.turns)
+        out.append(ToModel(realtime.session_update(self.profile, instructions)))
+        if self._down_since is not None:
+            self._note_reconnected(out, now)
+        cut_off, self._cut_off = self._cut_off, ""
+        if cut_off and self._closing is Closing.NO:
+            self._request_response(
+                out, now, instructions=continue_instructions(instructions, cut_off)
+            )
+        return out
+
+    def _note_reconnected(self, out: list[Effect], now: float) -> None:
+        assert self._down_since is not None
+        waited = now - self._down_since
+        metrics.RECONNECTS.labels(outcome="reconnected").inc()
+        metrics.RECONNECT_GAP.observe(waited)
+        logger.info("Realtime session back after %.0f ms", waited * 1000)
+        self._note(
+            out,
+            now,
+            "reconnected",
+            reason=self._down_reason[:300],
+            waited_ms=round(waited * 1000),
+            attempts=self._attempts + 1,
+        )
+        self._down_since = None
+
+    def _give_up(
+        self,
+        out: list[Effect],
+        now: float,
+        detail: str,
+        reason: EndReason = EndReason.UPSTREAM_FAILED,
+    ) -> None:
+        """No model session: end the stream, and Twilio plays the profile's fallback."""
+        metrics.RECONNECTS.labels(outcome="failed").inc()
+        budget = self.profile.reconnect_seconds
+        if reason is EndReason.UPSTREAM_FAILED and self._down_since is not None:
+            detail = f"no Realtime session within {budget:g}s: {detail}"
+        self._end(out, reason, detail, self.profile.fallback.next_step())
+
+    def _forget_model(self, out: list[Effect], now: float) -> None:
+        """The lost session's state means nothing to the next one. What Twilio already has
+        plays on; the converted tail of the last reply goes out too."""
+        self._end_item(out, now)
+        self._responses = Responses()
+        self._guarantee = SpeechGuarantee()
+        self._exits.clear()
+        self._mcp_started.clear()
+        self._caller_speaking = False
+        self._orphans.update(self._tools.running)
+
+    def _speaking_text(self) -> str:
+        """What the assistant has said of the reply in progress (its transcript so far)."""
+        for turn in reversed(self.record.turns):
+            if turn.role == "assistant":
+                return turn.text.strip()
+        return ""
+
+    def _check_caller(self, out: list[Effect], now: float) -> bool:
+        """Whether Twilio is still sending (media every 20 ms); checked on the timer, from the
+        frame count, so the hot path reads no clock."""
+        frames = self.record.frames_in
+        if frames != self._frames_seen:
+            self._frames_seen = frames
+            self._caller_seen_at = now
+        if now - self._caller_seen_at >= self._caller_timeout:
+            return False
+        if now >= self._caller_check_at:
+            self._caller_check_at = self._caller_seen_at + self._caller_timeout
+            out.append(Wake(self._caller_check_at))
+        return True
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ synthesis. A task ends the call by raising `CallEnded(reason)`; the group cancel
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -27,6 +28,7 @@ from bridge.call.effects import (
     Effect,
     EndCall,
     Noted,
+    Reconnect,
     RunTool,
     Synthesize,
     ToCaller,
@@ -46,11 +48,13 @@ from bridge.record import CallRecord, EndReason, Recorder
 from bridge.settings import Settings
 from bridge.tools.http import ToolResult, ToolRunner
 from bridge.tts import SpeechClient
-from bridge.upstream import open_session
+from bridge.upstream import UpstreamHealth, open_session
 
 logger = logging.getLogger(__name__)
 
 FINALISE_TIMEOUT = 2.0
+BACKPRESSURE_WAIT = 1.0  # a slow model holds the caller's frames back at most this long per look
+GAP_FRAMES = 50 * 10  # caller audio kept while no model session is open: the last 10 s
 TOOLS_IN_FLIGHT = 4  # HTTP tools one call runs at once; more wait their turn
 
 
@@ -67,10 +71,20 @@ class CallServices:
     tools: ToolRunner | None = None  # runs HTTP tools (None: a tool call gets an error output)
     # Where the call leaves what Twilio does after the stream (`<Connect action>`).
     next_steps: NextSteps = dataclasses.field(default_factory=MemoryNextSteps)
+    # Shared by the process's calls: the voice webhook answers the fallback while it is down.
+    upstream_health: UpstreamHealth = dataclasses.field(default_factory=UpstreamHealth)
+
+
+# How a model session ends when the call does not: the bridge opens the next one.
+UPSTREAM_LOSSES = frozenset({EndReason.UPSTREAM_CLOSED, EndReason.UPSTREAM_ERROR})
+
+
+class SessionRenewal(Exception):
+    """The call session asked for a new model session (its own expired)."""
 
 
 class Call:
-    """Bridges one Media Stream socket (already accepted) to one Realtime session."""
+    """Bridges one Media Stream socket (already accepted) to its Realtime sessions."""
 
     def __init__(self, websocket: WebSocket, services: CallServices) -> None:
         self._services = services
@@ -84,6 +98,11 @@ class Call:
         self._ending = asyncio.Event()
         self._timers = Timers(self._loop)
         self._goodbye: str | None = None  # a shutdown asked for before the session existed
+        # While no model session is open (connecting, reconnecting): what it will get first.
+        self._gap_audio: collections.deque[str] = collections.deque(maxlen=GAP_FRAMES)
+        self._gap_control: list[str] = []
+        self._reconnect = asyncio.Event()
+        self._reconnect_delay = 0.0
         self._tools_in_flight = asyncio.Semaphore(TOOLS_IN_FLIGHT)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -99,22 +118,16 @@ class Call:
         try:
             start = await self._caller.wait_for_start(self.record)
             session = await self._begin(start)
-            async with open_session(self._services.settings, session.profile.model) as upstream:
-                model = self._model = ModelSocket(upstream)
-                async with asyncio.TaskGroup() as tg:
-                    self._tg = tg
-                    tg.create_task(self._caller.writer.run(), name="to_caller")
-                    tg.create_task(model.writer.run(), name="to_model")
-                    tg.create_task(self._watch_end(), name="end")
-                    timer = session.timer
-                    tg.create_task(
-                        self._timers.run(lambda now: self._apply(timer(now))), name="timers"
-                    )
-                    self._apply(session.open(self._loop.time()))
-                    if self._goodbye is not None:
-                        self._apply(session.shutdown(self._goodbye, self._loop.time()))
-                    tg.create_task(self._caller_to_model(), name="caller_to_model")
-                    tg.create_task(self._model_to_caller(model), name="model_to_caller")
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._caller.writer.run(), name="to_caller")
+                tg.create_task(self._watch_end(), name="end")
+                timer = session.timer
+                tg.create_task(self._timers.run(lambda now: self._apply(timer(now))), name="timers")
+                tg.create_task(self._upstream(session), name="upstream")
+                if self._goodbye is not None:
+                    self._apply(session.shutdown(self._goodbye, self._loop.time()))
+                tg.create_task(self._caller_to_model(), name="caller_to_model")
         except* CallEnded as group:
             # The session's own end comes first: a pump may see its effect (a closed socket).
             ended = self._ended or group.exceptions[0]
@@ -143,7 +156,13 @@ class Call:
         except ProtocolViolation as exc:
             # An unsigned or forged stream: refuse before any Realtime session is opened.
             raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
-        session = CallSession(start, profile, self.record, now=self._loop.time())
+        session = CallSession(
+            start,
+            profile,
+            self.record,
+            now=self._loop.time(),
+            caller_timeout=self._services.settings.caller_timeout_seconds,
+        )
         self._session = session
         call_sid_var.set(start.call_sid)
         self._services.recorder.call_started(self.record)
@@ -214,9 +233,12 @@ class Call:
             if isinstance(effect, ToCaller):
                 self._caller.writer.write(effect.texts, effect.kind)
             elif isinstance(effect, ToModel):
-                assert self._model is not None
                 event = effect.event
-                self._model.writer.write((event if isinstance(event, str) else json.dumps(event),))
+                text = event if isinstance(event, str) else json.dumps(event)
+                if self._model is None:
+                    self._gap_control.append(text)  # sent once a session is open
+                else:
+                    self._model.writer.write((text,))
             elif isinstance(effect, TurnChanged):
                 self._services.recorder.turn_updated(self.record, effect.turn)
             elif isinstance(effect, Noted):
@@ -231,6 +253,9 @@ class Call:
             elif isinstance(effect, Synthesize):
                 assert self._tg is not None
                 self._tg.create_task(self._synthesize(effect), name="tts_fallback")
+            elif isinstance(effect, Reconnect):
+                self._reconnect_delay = effect.delay
+                self._reconnect.set()
             elif isinstance(effect, EndCall):
                 self._end(CallEnded(effect.reason, effect.detail, effect.next_step))
 
@@ -254,6 +279,67 @@ class Call:
             return
         self._apply(session.speech_ready(request.request, pcm, request.text, self._loop.time()))
 
+    # ---- the model's session ---------------------------------------------------------------------
+
+    async def _upstream(self, session: CallSession) -> None:
+        """Keep a model session open for the call: open one, and whenever it is lost (or the
+        session asks for a new one), open the next as the session decides (`Reconnect`), until
+        the call ends. The caller's stream stays open throughout."""
+        settings = self._services.settings
+        while True:
+            try:
+                async with open_session(settings, session.profile.model) as connection:
+                    model = ModelSocket(connection)
+                    self._services.upstream_health.opened()
+                    self._reconnect.clear()
+                    self._model = model
+                    self._apply(session.connected(self._loop.time()))
+                    self._send_gap(model)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(model.writer.run(), name="to_model")
+                        tg.create_task(self._model_to_caller(model), name="model_to_caller")
+                        tg.create_task(self._renewal_asked(), name="renewal")
+            except* SessionRenewal:
+                pass  # the session asked for a new one; it has said how soon
+            except* CallEnded as group:
+                lost = group.exceptions[0]
+                assert isinstance(lost, CallEnded)
+                if self._ended is not None or lost.reason not in UPSTREAM_LOSSES:
+                    raise
+                self._model = None
+                self._apply(session.upstream_lost(lost.detail, self._loop.time()))
+            except* UpstreamRejected as group:
+                metrics.realtime_error("rejected")
+                self._model = None
+                detail = str(group.exceptions[0])
+                self._services.upstream_health.failed(detail, time.time())
+                self._apply(session.reconnect_failed(detail, self._loop.time(), refused=True))
+            except* UpstreamUnavailable as group:
+                metrics.realtime_error("unavailable")
+                self._model = None
+                detail = str(group.exceptions[0])
+                self._services.upstream_health.failed(detail, time.time())
+                self._apply(session.reconnect_failed(detail, self._loop.time()))
+            self._model = None
+            await self._reconnect.wait()  # or the call ends, and this task is cancelled
+            self._reconnect.clear()
+            if self._reconnect_delay > 0:
+                await asyncio.sleep(self._reconnect_delay)
+
+    async def _renewal_asked(self) -> None:
+        """While a session is open, a `Reconnect` from the session closes it."""
+        await self._reconnect.wait()
+        raise SessionRenewal
+
+    def _send_gap(self, model: ModelSocket) -> None:
+        """What the caller said while no session was open, then what the session decided."""
+        if self._gap_audio:
+            model.writer.write(tuple(self._gap_audio))
+            self._gap_audio.clear()
+        for text in self._gap_control:
+            model.writer.write((text,))
+        self._gap_control.clear()
+
     async def _run_tool(self, request: RunTool) -> None:
         """One HTTP tool, beside the audio: a slow endpoint never stalls the pumps."""
         session = self._session
@@ -275,10 +361,9 @@ class Call:
 
     async def _caller_to_model(self) -> None:
         """Caller frames the protocol did not hand to `_media_now`, in order, and everything else
-        the caller sends."""
-        session, model = self._session, self._model
+        the caller sends. Without a model session, frames wait in the gap buffer."""
+        session = self._session
         assert session is not None
-        assert model is not None
         backlog = self._caller.shortcuts.backlog
         set_handler = self._caller.shortcuts.set_text_handler
         if set_handler is not None:
@@ -293,6 +378,12 @@ class Call:
                 if backlog is not None and backlog():
                     # Behind: frames have piled up. Send them in one append, not one each.
                     payload, frames, following = await self._caller.gather_backlog(payload)
+                model = self._model
+                if model is None:
+                    self._gap_audio.append(session.caller_audio(payload, frames))
+                    if following is not None:
+                        self._from_caller(following)
+                    continue
                 timed = metrics.ADDED_LATENCY_CALLER_TO_MODEL.due()
                 started = time.perf_counter() if timed else 0.0
                 model.writer.write((session.caller_audio(payload, frames),))
@@ -301,7 +392,10 @@ class Call:
                 if following is not None:
                     self._from_caller(following)
                 if model.writer.backlog > BACKLOG_LIMIT:
-                    await model.writer.drained()  # the model reads slowly: stop reading Twilio
+                    # The model reads slowly: stop reading Twilio (not past losing the session).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BACKPRESSURE_WAIT):
+                            await model.writer.drained()
         finally:
             if set_handler is not None:
                 set_handler(None)

@@ -37,6 +37,7 @@ CLOSE_CODES = {
     EndReason.SERVER_SHUTDOWN: 1001,
     EndReason.ASSISTANT_HANGUP: 1000,
     EndReason.TRANSFERRED: 1000,
+    EndReason.CALLER_TIMEOUT: 1001,
     EndReason.PROTOCOL_ERROR: 1008,
 }
 

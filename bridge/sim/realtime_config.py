@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import enum
 import json
+import random
 import re
 import secrets
 import time
@@ -22,6 +23,7 @@ __all__ = [
     "AUDIO_FORMATS",
     "ClientError",
     "Mode",
+    "SessionPlan",
     "SimConfig",
     "SimToolCall",
     "added_mcp_servers",
@@ -31,6 +33,7 @@ __all__ = [
     "mcp_allowed",
     "missing",
     "require",
+    "session_expired_message",
     "validate_audio_format",
     "validate_output_modalities",
     "validate_tool_choice",
@@ -98,6 +101,19 @@ class Mode(enum.StrEnum):
     )
     REJECT_CONNECT = "reject-connect"  # refuse the WebSocket handshake (HTTP 403)
     ERROR_ON_CONNECT = "error-on-connect"  # accept, send `error` (invalid_api_key), close 1008
+    DROP_AFTER = "drop-after"  # abort TCP `drop_after_seconds` after the handshake, whatever runs
+    UNAVAILABLE = "unavailable"  # refuse the WebSocket handshake (HTTP 503)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionPlan:
+    """What the `index`-th session (handshake) of a simulator does, fixed when it arrives.
+    Ages are seconds after the handshake was accepted."""
+
+    index: int
+    mode: Mode
+    drop_after: float | None = None  # abort the TCP connection (no close frame) at this age
+    max_seconds: float | None = None  # expire at this age: `session_expired`, then close 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,6 +168,31 @@ class SimConfig:
     # after a `function_call_output`, or the message after MCP calls (the last one's output, or
     # its error if it failed). Unset: the `replies` cycle.
     tool_reply: Callable[[str, str], str] | None = None
+    # Mode of the n-th session by index; every handshake counts, refused ones too. Sessions
+    # past the end use `mode`.
+    session_modes: Sequence[Mode] = ()
+    drop_after_seconds: float = 1.0  # DROP_AFTER: a session's age when its TCP is aborted
+    # If set: a session this old gets the `session_expired` error, then a close 1000 (the GA
+    # service does this at 3600 s); also its `expires_at`.
+    session_max_seconds: float | None = None
+    # If set: every session's TCP is aborted at this age ±20 % (soak tests); the spread is
+    # drawn from `seed` and the session's index, so the n-th session's life is reproducible.
+    drop_every_seconds: float | None = None
+    seed: int = 0
+    # Caller transcripts cycle across the simulator's sessions, so a reconnected call's new
+    # session goes on with the next one. Off: each session starts the cycle afresh.
+    transcripts_per_simulator: bool = False
+
+    def session_plan(self, index: int) -> SessionPlan:
+        """The plan of the `index`-th session (0-based, refused handshakes included)."""
+        mode = self.session_modes[index] if index < len(self.session_modes) else self.mode
+        drops: list[float] = []
+        if mode is Mode.DROP_AFTER:
+            drops.append(self.drop_after_seconds)
+        if self.drop_every_seconds is not None:
+            spread = random.Random(f"{self.seed}:{index}").uniform(0.8, 1.2)
+            drops.append(self.drop_every_seconds * spread)
+        return SessionPlan(index, mode, min(drops, default=None), self.session_max_seconds)
 
 
 class ClientError(Exception):
@@ -191,6 +232,11 @@ def require(event: dict[str, Any], name: str, kind: type[_T]) -> _T:
             param=name,
         )
     return value
+
+
+def session_expired_message(max_seconds: float) -> str:
+    """The GA service's message when a session reaches its maximum duration."""
+    return f"Your session hit the maximum duration of {max_seconds / 60:g} minutes."
 
 
 def default_turn_detection(kind: str = "server_vad") -> dict[str, Any]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+from bridge.sim.realtime_config import SessionPlan
 from bridge.sim.realtime_response import Item
 from bridge.sim.realtime_session import RealtimeSessionState
 
-__all__ = ["SessionClosed", "SimSession"]
+__all__ = ["ConversationItem", "SessionClosed", "SimSession"]
 
 
 class SessionClosed(Exception):
@@ -61,18 +62,40 @@ class _EventLog:
                 future.set_exception(SessionClosed(f"session closed before {count} {kind!r}"))
 
 
+class ConversationItem(NamedTuple):
+    """One item of a session's conversation: `type`, `role` (None for tool items), `content`."""
+
+    type: str
+    role: str | None
+    content: list[dict[str, Any]]
+
+    @property
+    def text(self) -> str:
+        """The item's words: its content parts' `text` and `transcript`, joined by spaces."""
+        words = (part.get("text") or part.get("transcript") or "" for part in self.content)
+        return " ".join(word for word in words if word)
+
+
 class SimSession:
     """What one accepted connection did: handshake, events both ways, audio, conversation."""
 
     def __init__(
-        self, path: str, headers: dict[str, str], query: dict[str, str], state: RealtimeSessionState
+        self,
+        path: str,
+        headers: dict[str, str],
+        query: dict[str, str],
+        state: RealtimeSessionState,
+        plan: SessionPlan | None = None,
     ) -> None:
         self.path = path
         self.headers = headers  # lower-case names
         self.query = query
         self.state = state
+        self.plan = plan or SessionPlan(0, state.mode, max_seconds=state.max_seconds)
+        self.accepted_at = time.monotonic()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
+        self.closed_at: float | None = None  # time.monotonic() when the connection ended
         self._received = _EventLog()
         self._sent = _EventLog()
 
@@ -111,6 +134,23 @@ class SimSession:
         """The conversation as the server holds it, in order."""
         return self.state.items
 
+    @property
+    def instructions_received(self) -> list[str]:
+        """The `session.instructions` of every `session.update` that carried them, in order."""
+        out: list[str] = []
+        for event in self._received.of_type("session.update"):
+            update = event.get("session")
+            if isinstance(update, dict) and isinstance(update.get("instructions"), str):
+                out.append(update["instructions"])
+        return out
+
+    def conversation_items(self) -> list[ConversationItem]:
+        """The conversation as the server holds it now (after the session: at its end)."""
+        return [
+            ConversationItem(item.type, item.role, [dict(part) for part in item.content])
+            for item in self.state.items.values()
+        ]
+
     def events_received(self, type_: str) -> list[dict[str, Any]]:
         """Client events of `type_`, in order."""
         return self._received.of_type(type_)
@@ -142,6 +182,8 @@ class SimSession:
     def _mark_closed(self, code: int | None) -> None:
         if self.close_code is None:
             self.close_code = code
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
         self._received.close()
         self._sent.close()
         self.closed.set()

@@ -1,14 +1,17 @@
 """OpenAI Realtime (GA) simulator on loopback: WebSocket `/v1/realtime` and `POST /v1/audio/speech`.
 
 Binds the Sans-I/O `RealtimeSessionState` to Starlette + uvicorn. Per connection: the receive
-loop (the ASGI task itself) and, while a response streams, one pacing task.
+loop (the ASGI task itself), while a response streams one pacing task, and, if the session's plan
+ends it at some age (a drop or expiry), one lifetime task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import time
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
@@ -22,12 +25,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from bridge.server import EmbeddedServer
 from bridge.sim import signals
-from bridge.sim.realtime_config import ClientError, Mode, SimConfig
+from bridge.sim.realtime_config import ClientError, Mode, SessionPlan, SimConfig
 from bridge.sim.realtime_record import SessionClosed, SimSession
 from bridge.sim.realtime_response import Event, ResponseStream
 from bridge.sim.realtime_session import RealtimeSessionState
 
-__all__ = ["Mode", "RealtimeSimulator", "SessionClosed", "SimConfig", "SimSession"]
+__all__ = [
+    "Mode",
+    "RealtimeSimulator",
+    "SessionClosed",
+    "SessionPlan",
+    "SimConfig",
+    "SimSession",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ INVALID_KEY_MESSAGE = (
     "Incorrect API key provided. You can find your API key at "
     "https://platform.openai.com/account/api-keys."
 )
+UNAVAILABLE_MESSAGE = "The server is overloaded or not ready yet."
 
 
 class _Connection:
@@ -53,17 +64,26 @@ class _Connection:
         self._pacer: asyncio.Task[None] | None = None
         self._paced: ResponseStream | None = None
         self._aborted = False
+        self._ended = False  # the lifetime ran out: nothing more is answered
 
     async def run(self) -> None:
         code: int | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                plan = self.record.plan
+                lifetime = (
+                    tg.create_task(self._lifetime(plan), name=f"lifetime-{plan.index}")
+                    if plan.drop_after is not None or plan.max_seconds is not None
+                    else None
+                )
                 try:
                     async with self._lock:
                         await self._send(self.state.connected())
                     code = await self._receive_loop(tg)
                 finally:
                     self._stop_pacer()
+                    if lifetime is not None:
+                        lifetime.cancel()
         except* (WebSocketDisconnect, WebSocketDisconnected):
             code = code or 1006
         finally:
@@ -81,6 +101,8 @@ class _Connection:
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code", 1005))
             async with self._lock:
+                if self._ended:
+                    continue  # expired: the close handshake is under way
                 await self._send(self._dispatch(message))
                 self._schedule(tg)
             if self.state.abort_requested:
@@ -154,6 +176,27 @@ class _Connection:
         except (WebSocketDisconnect, WebSocketDisconnected):
             return  # the receive loop sees the disconnect and ends the session
 
+    async def _lifetime(self, plan: SessionPlan) -> None:
+        """At the planned age, whatever the session is doing: abort the connection (a drop), or
+        send `session_expired` and close 1000 (expiry), whichever comes first."""
+        expire = plan.max_seconds is not None and (
+            plan.drop_after is None or plan.max_seconds < plan.drop_after
+        )
+        age = plan.max_seconds if expire else plan.drop_after
+        assert age is not None
+        await asyncio.sleep(max(0.0, self.record.accepted_at + age - time.monotonic()))
+        async with self._lock:
+            self._ended = True
+            self._stop_pacer()
+            try:
+                if expire:
+                    await self._send(self.state.expire())
+                    await self.ws.close(1000)
+                else:
+                    await self._abort()
+            except (WebSocketDisconnect, WebSocketDisconnected):
+                return  # the client left first; the receive loop ends the session
+
     async def _send(self, events: list[Event]) -> None:
         for event in events:
             await self.ws.send_text(json.dumps(event))
@@ -162,7 +205,7 @@ class _Connection:
             self.record._log_sent(event)
 
     async def _abort(self) -> None:
-        """Drop the TCP connection without a close frame (DROP_MID_RESPONSE), once."""
+        """Drop the TCP connection without a close frame (DROP_MID_RESPONSE, DROP_AFTER), once."""
         if self._aborted:
             return
         self._aborted = True
@@ -178,6 +221,8 @@ class RealtimeSimulator:
         self.sessions: list[SimSession] = []
         self.speech_requests: list[dict[str, Any]] = []
         self.rejected: list[dict[str, str]] = []  # handshake headers of refused connections
+        self.handshakes = 0  # connection attempts so far, refused ones too: the next session index
+        self._transcripts = itertools.count()  # the caller transcript cycle shared by sessions
         self.url = ""
         self.http_base = ""
         self._server: uvicorn.Server | None = None
@@ -253,24 +298,34 @@ class RealtimeSimulator:
         headers = {name.lower(): value for name, value in ws.headers.items()}
         query = dict(ws.query_params)
         config = self.config
-        if config.mode is Mode.REJECT_CONNECT:
+        plan = config.session_plan(self.handshakes)
+        self.handshakes += 1
+        refusal: Response | None = None
+        if plan.mode is Mode.REJECT_CONNECT:
+            refusal = _api_error(403, "Forbidden.", "forbidden")
+        elif plan.mode is Mode.UNAVAILABLE:
+            refusal = _api_error(503, UNAVAILABLE_MESSAGE, None, error_type="server_error")
+        elif not _authorized(headers):
+            refusal = _api_error(401, "You didn't provide an API key.", "missing_api_key")
+        if refusal is not None:
             self.rejected.append(headers)
-            await ws.send_denial_response(_api_error(403, "Forbidden.", "forbidden"))
-            return
-        if not _authorized(headers):
-            self.rejected.append(headers)
-            await ws.send_denial_response(
-                _api_error(401, "You didn't provide an API key.", "missing_api_key")
-            )
+            await ws.send_denial_response(refusal)
             return
         await ws.accept()
         model = query.get("model") or query.get("deployment") or "gpt-realtime"
-        record = SimSession(ws.url.path, headers, query, RealtimeSessionState(config, model=model))
+        state = RealtimeSessionState(
+            config,
+            model=model,
+            mode=plan.mode,
+            max_seconds=plan.max_seconds,
+            transcripts=self._transcripts if config.transcripts_per_simulator else None,
+        )
+        record = SimSession(ws.url.path, headers, query, state, plan)
         logger.debug("realtime session %s accepted on %s", record.session["id"], record.path)
         async with self._sessions_changed:
             self.sessions.append(record)
             self._sessions_changed.notify_all()
-        if config.mode is Mode.ERROR_ON_CONNECT:
+        if plan.mode is Mode.ERROR_ON_CONNECT:
             await self._refuse(ws, record, INVALID_KEY_MESSAGE, "invalid_api_key", 1008)
         elif headers.get("openai-beta", "").replace(" ", "").lower() == "realtime=v1":
             await self._refuse(ws, record, BETA_DISABLED_MESSAGE, "beta_api_shape_disabled", 4000)
@@ -334,12 +389,14 @@ def _authorized(headers: dict[str, str]) -> bool:
     return bool(headers.get("api-key", "").strip())
 
 
-def _api_error(status: int, message: str, code: str | None) -> JSONResponse:
+def _api_error(
+    status: int, message: str, code: str | None, *, error_type: str = "invalid_request_error"
+) -> JSONResponse:
     return JSONResponse(
         {
             "error": {
                 "message": message,
-                "type": "invalid_request_error",
+                "type": error_type,
                 "code": code,
                 "param": None,
             }

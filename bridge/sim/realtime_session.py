@@ -10,9 +10,10 @@ takes audio deltas pre-serialised (`advance_serialised`).
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from bridge.sim.realtime_config import (
     mcp_allowed,
     missing,
     require,
+    session_expired_message,
     validate_audio_format,
     validate_output_modalities,
     validate_tool_choice,
@@ -54,10 +56,24 @@ class RealtimeSessionState:
     """One session: conversation, input buffer + VAD, and at most one active response."""
 
     def __init__(
-        self, config: SimConfig, *, model: str = "gpt-realtime", vad: EnergyVad | None = None
+        self,
+        config: SimConfig,
+        *,
+        model: str = "gpt-realtime",
+        vad: EnergyVad | None = None,
+        mode: Mode | None = None,
+        max_seconds: float | None = None,
+        transcripts: Iterator[int] | None = None,
     ) -> None:
+        """`mode` fixes the session's mode (None: `config.mode`, read live); `max_seconds` is
+        its maximum duration (its `expires_at`, and `expire`'s message); `transcripts` numbers
+        the caller transcripts, shared to cycle them across sessions (None: per session)."""
         self.config = config
         self.session: dict[str, Any] = default_session(model)
+        self.max_seconds = max_seconds
+        if max_seconds is not None:
+            self.session["expires_at"] = int(time.time() + max_seconds)
+        self._mode = mode
         self.items: dict[str, Item] = {}  # insertion order = conversation order
         self.truncations: list[dict[str, Any]] = []
         self.response: ResponseStream | None = None
@@ -72,7 +88,7 @@ class RealtimeSessionState:
         self._speech_item_id: str | None = None
         self._reply_index = 0
         self._answers = 0  # responses so far that answered the caller (keys of `tool_calls`)
-        self._transcript_index = 0
+        self._transcripts = itertools.count() if transcripts is None else transcripts
         self._handlers: dict[str, Callable[[Event], list[Event]]] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -135,6 +151,18 @@ class RealtimeSessionState:
     def error(self, exc: ClientError, client_event_id: str | None = None) -> Event:
         """An `error` server event for `exc`."""
         return self._ev.error(exc, client_event_id)
+
+    @property
+    def mode(self) -> Mode:
+        """How this session behaves."""
+        return self._mode or self.config.mode
+
+    def expire(self) -> list[Event]:
+        """The session reached its maximum duration: the `session_expired` error, after which
+        the binding closes the socket (1000). A running response ends without closing events."""
+        self.response = None
+        message = session_expired_message(3600.0 if self.max_seconds is None else self.max_seconds)
+        return [self.error(ClientError(message, code="session_expired"))]
 
     def advance(self) -> list[Event]:
         """One pacing step of the active response: the next delta(s), and its end if reached."""
@@ -272,8 +300,7 @@ class RealtimeSessionState:
         ]
         if self.session["audio"]["input"].get("transcription"):
             transcripts = self.config.caller_transcripts or ("",)
-            text = transcripts[self._transcript_index % len(transcripts)]
-            self._transcript_index += 1
+            text = transcripts[next(self._transcripts) % len(transcripts)]
             events += item.transcribed(self._ev, text)
         return events
 
@@ -403,13 +430,13 @@ class RealtimeSessionState:
         )
 
     def _start_response(self, params: dict[str, Any], *, explicit: bool) -> list[Event]:
-        config, session = self.config, self.session
+        config, session, mode = self.config, self.session, self.mode
         turn = self.responses_started
         self.responses_started += 1
         requested = list(params.get("output_modalities") or session["output_modalities"])
         modality = requested[0]
-        if config.mode is Mode.ALWAYS_TEXT or (
-            config.mode is Mode.STICKY_TEXT
+        if mode is Mode.ALWAYS_TEXT or (
+            mode is Mode.STICKY_TEXT
             and (turn == 0 or any(i.text_only_assistant for i in self.items.values()))
         ):
             modality = "text"
@@ -463,9 +490,7 @@ class RealtimeSessionState:
             render=render,
             audio=ready if modality == "audio" else None,
             drop_after=(
-                config.drop_after_deltas
-                if config.mode is Mode.DROP_MID_RESPONSE and turn == 0
-                else None
+                config.drop_after_deltas if mode is Mode.DROP_MID_RESPONSE and turn == 0 else None
             ),
             mcp_calls=mcp_calls,
             function_calls=function_calls,

@@ -110,6 +110,7 @@ class TwilioCaller:
         # when a send waits to drain.
         self._send_lock = asyncio.Lock()
         self._stopping = False
+        self.silenced = False  # `go_silent()`: the caller's side sends nothing more
         self._ended = False  # the socket is closed (by either side)
         self._done = asyncio.Event()  # receiver and pacer have finished
         self._waiters: list[asyncio.Future[None]] = []
@@ -169,6 +170,11 @@ class TwilioCaller:
             if n:
                 await asyncio.sleep(gap)
             await self._send_all([self.core.messages.dtmf(key)])
+
+    def go_silent(self) -> None:
+        """Stop sending anything (media, marks) without closing: a caller whose network died
+        without a close, as the bridge sees it."""
+        self.silenced = True
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait until the socket is closed (by either side) and the caller's tasks are done."""
@@ -340,7 +346,10 @@ class TwilioCaller:
                 for _ in range(frames_to_drop(self.started_at, now, core.ticks)):
                     # Playback keeps real time; the microphone frame is lost, not delayed.
                     await self._send_all(core.tick(now, send=False))
-                await self._send_all(core.tick(now))
+                messages = core.tick(now)
+                if self.silenced:
+                    continue  # a dead network: nothing leaves, and the socket stays open
+                await self._send_all(messages)
         except ConnectionClosed:
             pass
 
