@@ -1,19 +1,32 @@
 """What is remembered about a call: who, when, how long, turns, barge-ins, errors, usage.
 
 `Recorder` is the interface the call log implements; the call never waits on storage beyond
-handing a record over.
+handing a record over. Every turn, event and tool call is handed over as it happens, so a live
+record keeps only the most recent ones (`History`): an hour-long call holds no more than a short
+one.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# What a live record keeps of each history; everything older has been handed to the recorder.
+# Turns: a late transcript or mark echo names one of the last few, and a model session that
+# takes a call over is told the recent conversation (bridge/call/context.py: its last 6000
+# characters, about 32 turns of a sentence or two).
+KEEP_TURNS = 32
+KEEP_EVENTS = 32
+KEEP_TOOL_CALLS = 16
 
 
 class EndReason(enum.StrEnum):
@@ -81,6 +94,68 @@ class ToolCall:
         return round((self.ended_at - self.started_at) * 1000, 1)
 
 
+class History(list[_T]):
+    """The most recent part of one of a call's histories (turns, events, tool calls).
+
+    Append-only: `append` keeps the last `keep` items and forgets older ones, which the
+    recorder was handed when they happened. `total` counts every item ever appended; `seq(item)`
+    is an item's position in the whole history (the call log's `seq`).
+    """
+
+    __slots__ = ("dropped", "keep")
+
+    def __init__(self, items: Iterable[_T] = (), *, keep: int = KEEP_TURNS) -> None:
+        super().__init__()
+        self.keep = keep
+        self.dropped = 0  # items forgotten, all before `self[0]`
+        self.extend(items)
+
+    def append(self, item: _T) -> None:
+        super().append(item)
+        if len(self) > self.keep:
+            del self[0]
+            self.dropped += 1
+
+    def extend(self, items: Iterable[_T]) -> None:
+        for item in items:
+            self.append(item)
+
+    @property
+    def total(self) -> int:
+        """Items appended so far, forgotten ones included."""
+        return self.dropped + len(self)
+
+    def seq(self, item: _T) -> int | None:
+        """`item`'s position in the whole history, found by identity (newest first); None if
+        it is not (or no longer) held."""
+        for index in range(len(self) - 1, -1, -1):
+            if self[index] is item:
+                return self.dropped + index
+        return None
+
+
+class EventHistory(History[CallEvent]):
+    """A call's recent events, and how many of each kind it has had (errors are counted)."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, items: Iterable[CallEvent] = (), *, keep: int = KEEP_EVENTS) -> None:
+        self.kinds: collections.Counter[str] = collections.Counter()
+        super().__init__(items, keep=keep)
+
+    def append(self, item: CallEvent) -> None:
+        self.kinds[item.kind] += 1
+        super().append(item)
+
+
+def _turns() -> History[Turn]:
+    return History(keep=KEEP_TURNS)
+
+
+def _tool_calls() -> History[ToolCall]:
+    return History(keep=KEEP_TOOL_CALLS)
+
+
 @dataclasses.dataclass(slots=True)
 class CallRecord:
     call_sid: str
@@ -101,10 +176,11 @@ class CallRecord:
     barge_ins: int = 0
     text_only_recoveries: int = 0
     protocol_errors: int = 0
-    turns: list[Turn] = dataclasses.field(default_factory=list)
-    events: list[CallEvent] = dataclasses.field(default_factory=list)
+    # The most recent of each (see `History`); the recorder has every one.
+    turns: History[Turn] = dataclasses.field(default_factory=_turns)
+    events: EventHistory = dataclasses.field(default_factory=EventHistory)
     usage: dict[str, int] = dataclasses.field(default_factory=dict)
-    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
+    tool_calls: History[ToolCall] = dataclasses.field(default_factory=_tool_calls)
     transfer_to: str = ""  # destination name of a transfer ("" when none)
     transfer_number: str = ""  # its number
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from bridge import metrics
 from bridge.app import create_app
+from bridge.profiles import Profile
 from bridge.record import EndReason, MemoryRecorder
 from bridge.server import serving
 from bridge.sim.analysis import active_segments, dominant_frequency
@@ -239,3 +241,49 @@ async def test_a_caller_stream_that_goes_silent_is_ended_and_its_session_closed(
     assert 0.9 < closed_at - silent_at < 2.5
     record = await bridge.finished(caller.call_sid)
     assert record.end_reason is EndReason.CALLER_TIMEOUT
+
+
+async def test_a_session_near_its_cap_is_replaced_without_losing_a_reply(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    """The profile's `session_max_seconds` (6 s here) comes before the service's own (8 s): the
+    bridge moves the call to a next session by itself, while a long reply still plays, and
+    the caller hears all of it; the next turn is answered by the new session."""
+    config = simulator.config
+    config.session_max_seconds = 8.0  # the service would end the session at 8 s
+    replies = iter([tone(1000, 5.0, RATE_MODEL, 0.5), tone(600, 0.5, RATE_MODEL, 0.5)])
+    config.reply_audio = lambda turn: next(replies)  # in order over both sessions
+    settings = make_settings(simulator)
+    profile = dataclasses.replace(
+        Profile.from_settings(settings), greeting="", session_max_seconds=6.0
+    )
+    recorder = MemoryRecorder()
+    app = create_app(settings, recorder=recorder, profile_for=lambda start: profile)
+    async with serving(app) as base:
+        bridge = RunningBridge(base, app, recorder, settings)
+        async with dial(bridge) as (caller, _):
+            first = await simulator.wait_for_session(0)
+            await caller.say_and_wait(utterance())
+            second = await simulator.wait_for_session(1, timeout=10)
+            await first.closed.wait()
+            await caller.wait_until_quiet(0.5, timeout=15)
+            await caller.say_and_wait(utterance(500))
+            await second.wait_for_sent("response.done", timeout=10)
+            await caller.wait_until_quiet(0.4, timeout=10)
+            await caller.hangup()
+    assert first.events_sent("error") == []  # never reached the service's own cap
+    assert first.close_code == 1000  # closed by the bridge
+    heard = caller.heard()
+    segments = active_segments(heard, RATE_IN, threshold_db=-30)
+    assert len(segments) == 2
+    (start, end), (start2, end2) = segments
+    assert end - start == pytest.approx(5.0, abs=0.05)  # the long reply, whole
+    part = heard[int(start2 * RATE_IN) : int(end2 * RATE_IN)]
+    assert dominant_frequency(part, RATE_IN) == pytest.approx(600, abs=5)  # the new session
+    record = await bridge.finished(caller.call_sid)
+    (rollover,) = [e for e in record.events if e.kind == "session_rollover"]
+    assert 4.5 < rollover.detail["age_s"] < 6.0
+    (instructions,) = second.instructions_received
+    assert "Caller:" in instructions
+    received_ms = sum(len(s.input_audio) / 48 for s in (first, second))
+    assert received_ms == pytest.approx(caller.frames_sent * 20, abs=200)

@@ -8,7 +8,10 @@ benchmark's model side, so /proc/<pid> shows the bridge's own CPU and memory. `-
 runs a Python file first (a candidate hot-path change, applied as a patch), to measure
 alternatives. `--workers N` runs N worker processes under `bridge serve --workers`'s supervisor
 (each applies the same choices); with the call log that needs `--database-url` (PostgreSQL),
-which it migrates first. Prints the base URL on stdout before serving.
+which it migrates first. `--numbers FILE` serves those profiles (the soak's tools), and
+`--stats-dir DIR` has each serving process write its asyncio task count to `DIR/tasks-<pid>`
+every second (read by the soak, since /proc cannot see tasks). Prints the base URL on stdout
+before serving.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import runpy
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -32,6 +37,7 @@ from bridge.settings import AudioMode, Settings
 __all__ = ["main"]
 
 DRAIN_SECONDS = 5.0  # the benchmark hangs up every call before it stops the bridge
+STATS_EVERY = 1.0  # seconds between task counts written to --stats-dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--database-url", help="call log (default: a throw-away SQLite file); migrated first"
     )
+    parser.add_argument("--numbers", help="per-number profiles (TOML), as BRIDGE_NUMBERS")
+    parser.add_argument("--stats-dir", help="write the asyncio task count here every second")
     return parser
 
 
@@ -102,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             database_url=args.database_url or f"sqlite+aiosqlite:///{data}/calls.db",
             drain_seconds=DRAIN_SECONDS,
+            numbers_file=args.numbers,
         )
         logs.configure(settings.log_level, settings.log_format)
         if args.database_url and not args.bare:
@@ -134,14 +143,38 @@ def _serve(
     for path in options["preload"]:
         runpy.run_path(path, run_name="__bench_preload__")
     _override_uvicorn({name: options[name] for name in ("http", "ws") if options[name]})
+    stats_dir = options.get("stats_dir")
     with asyncio.Runner(loop_factory=_loop_factory(options["loop"])) as runner:
         if options["bare"]:
-            runner.run(_serve_bare(settings, host, port, sockets, ready))
+            main: Coroutine[Any, Any, Any] = _serve_bare(settings, host, port, sockets, ready)
         else:
             from bridge.cli import serve
 
-            runner.run(serve(settings, host, port, sockets=sockets, on_started=ready))
+            main = serve(settings, host, port, sockets=sockets, on_started=ready)
+        runner.run(_counting_tasks(main, Path(stats_dir)) if stats_dir else main)
     return 0
+
+
+async def _counting_tasks(main: Coroutine[Any, Any, Any], directory: Path) -> None:
+    """Run `main`, writing `len(asyncio.all_tasks())` to `directory/tasks-<pid>` every second
+    from a loop callback (not a task, so it does not count itself)."""
+    loop = asyncio.get_running_loop()
+    path = directory / f"tasks-{os.getpid()}"
+    scratch = path.with_suffix(".tmp")
+
+    def write() -> None:
+        try:
+            scratch.write_text(str(len(asyncio.all_tasks(loop))))
+            os.replace(scratch, path)
+        except OSError:
+            pass  # the soak's directory went away: it has finished
+        handles[0] = loop.call_later(STATS_EVERY, write)
+
+    handles = [loop.call_soon(write)]
+    try:
+        await main
+    finally:
+        handles[0].cancel()
 
 
 def _worker(

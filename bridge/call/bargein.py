@@ -5,6 +5,8 @@ echoes a mark when its playback reaches it, so echoes measure what was *played*,
 Between echoes the played amount is interpolated on the wall clock and clamped to what was sent.
 On `speech_started` the call asks `interrupt()` for a plan: clear Twilio's buffer, truncate each
 unheard item at the heard millisecond, cancel the response if one is running, drop late deltas.
+Only the last few items are remembered (and any still playing), so a long call holds no more
+than a short one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import collections
 import dataclasses
 
 BYTES_PER_MS = 8  # mu-law at 8 kHz: one byte per sample
+# Items remembered: far more than are ever in play (the one being produced, those still playing).
+KEEP_ITEMS = 8
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,6 +53,7 @@ class Playback:
         self._sent: dict[str, int] = {}
         self._heard: dict[str, int] = {}
         self._model_ms: dict[str, float] = {}
+        self._items: dict[str, None] = {}  # items remembered, oldest first
         self._last_echo_at = 0.0
         self._seq = 0
 
@@ -63,16 +68,36 @@ class Playback:
 
     def received(self, item_id: str, model_ms: float) -> None:
         """Record audio the model produced for an item: the ceiling for any truncation."""
+        if item_id not in self._items:
+            self._remember(item_id)
         self._model_ms[item_id] = self._model_ms.get(item_id, 0.0) + model_ms
 
     def sent(self, item_id: str, nbytes: int, now: float) -> str:
         """Record a chunk sent to Twilio; returns the name of the mark to send after it."""
+        if item_id not in self._items:
+            self._remember(item_id)
         self._seq += 1
         through = self._sent.get(item_id, 0) + nbytes
         self._sent[item_id] = through
         name = f"{item_id}:{self._seq}"
         self._pending.append(_Chunk(name, item_id, through, now))
         return name
+
+    def _remember(self, item_id: str) -> None:
+        """A new item; past `KEEP_ITEMS`, the oldest ones no longer playing are forgotten."""
+        items = self._items
+        items[item_id] = None
+        if len(items) <= KEEP_ITEMS:
+            return
+        playing = {chunk.item_id for chunk in self._pending}
+        for old in list(items):
+            if len(items) <= KEEP_ITEMS:
+                break
+            if old != item_id and old not in playing:
+                del items[old]
+                self._sent.pop(old, None)
+                self._heard.pop(old, None)
+                self._model_ms.pop(old, None)
 
     def echoed(self, name: str, now: float) -> str | None:
         """A mark came back: returns its item, or None for marks we no longer wait for

@@ -95,6 +95,12 @@ class Reconnect:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Rollover:
+    """Open the next model session beside the current one, then move the call to it (the
+    current one nears its maximum age); answer with `connected`, or `rollover_failed`."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EndCall:
     """The call is over; the session ignores every input after this. `next_step` is what
     Twilio does after the stream (`<Connect action>`); None: hang up."""
@@ -114,6 +120,7 @@ Effect = (
     | RunTool
     | ToolCallChanged
     | Reconnect
+    | Rollover
     | EndCall
 )
 

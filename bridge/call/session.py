@@ -44,6 +44,7 @@ from bridge.call.effects import (
     Kind,
     Noted,
     Reconnect,
+    Rollover,
     RunTool,
     Synthesize,
     ToCaller,
@@ -70,6 +71,9 @@ MARK_MARGIN = 1.0  # a played-out goodbye whose last mark never comes back ends 
 CALLER_TIMEOUT = 5.0  # default: a Media Stream silent this long is dead (BRIDGE_CALLER_TIMEOUT_...)
 BACKOFF_FIRST = 0.1  # reconnect attempts: at once, then 0.1 s, 0.2 s, ... (with jitter)
 BACKOFF_MAX = 1.0
+ROLLOVER_LEAD = 120.0  # a session this close to its maximum age moves at the first quiet moment
+ROLLOVER_MARGIN = 10.0  # ...and this close, at once, quiet or not
+ROLLOVER_RETRY = 5.0  # a next session that could not be opened is tried again this much later
 MAX_LOSSES = 4  # sessions lost within LOSS_WINDOW: past this, reconnecting is given up
 LOSS_WINDOW = 60.0
 DIGIT_GAP = 2.0  # a run of keypad digits ends with `#` or this long without another key
@@ -143,15 +147,29 @@ class CallSession:
         self._cut_off = ""  # the reply a lost session was saying, finished by the next one
         self._orphans: set[str] = set()  # tool calls of a lost session, still running
         self._losses: collections.deque[float] = collections.deque()  # when sessions were lost
+        self._session_since = now  # when the current model session opened
+        self._rolling = False  # a next session is being opened beside the current one
         _fill_record(record, start, profile)
 
     # ---- inputs --------------------------------------------------------------------------------
 
     def connected(self, now: float) -> list[Effect]:
         """A model session is open: the first (`open`), or one taking over the call."""
-        if not self._opened:
-            return self.open(now)
-        return self._resume(now)
+        out = self.open(now) if not self._opened else self._resume(now)
+        self._session_since = now
+        self._rolling = False
+        out.append(Wake(now + self._rollover_from()))
+        return out
+
+    def rollover_failed(self, detail: str, now: float) -> list[Effect]:
+        """The next session could not be opened: the current one carries on; try again."""
+        if self._ended:
+            return []
+        self._rolling = False
+        logger.warning("opening the next Realtime session failed: %s", detail)
+        out: list[Effect] = [Wake(now + ROLLOVER_RETRY)]
+        self._note(out, now, "rollover_failed", detail=detail[:300])
+        return out
 
     def open(self, now: float) -> list[Effect]:
         """The model's socket is open: configure the session, greet, arm the call's deadline."""
@@ -283,6 +301,11 @@ class CallSession:
             )
         elif self._down_since is not None and now >= self._reconnect_until:
             self._give_up(out, now, self._down_reason)
+        elif self._rollover_due(out, now):
+            self._rolling = True
+            age = now - self._session_since
+            self._note(out, now, "session_rollover", age_s=round(age, 1))
+            out.append(Rollover())
         elif now >= self._deadline:
             self._end(
                 out, EndReason.MAX_DURATION, f"call exceeded {self.profile.max_call_seconds:.0f}s"
@@ -819,6 +842,36 @@ class CallSession:
                 out, now, instructions=continue_instructions(instructions, cut_off)
             )
         return out
+
+    def _rollover_from(self) -> float:
+        """Session age from which to look for a quiet moment to move to the next session."""
+        cap = self.profile.session_max_seconds
+        return max(0.0, cap - min(ROLLOVER_LEAD, cap * 0.2))
+
+    def _rollover_due(self, out: list[Effect], now: float) -> bool:
+        """The current session nears its maximum age: move at a quiet moment (no reply
+        running or playing, the caller silent, no tool running), at the latest
+        ROLLOVER_MARGIN before the cap. Not while closing or reconnecting."""
+        if self._rolling or self._down_since is not None or self._closing is not Closing.NO:
+            return False
+        age = now - self._session_since
+        if age < self._rollover_from():
+            return False
+        cap = self.profile.session_max_seconds
+        quiet = (
+            self._responses.idle
+            and not self._caller_speaking
+            and not self._tools.running
+            and not self._speaking
+            and self._playback.remaining_seconds(now) <= 0
+        )
+        # Past the margin, quiet or not; a reply still being generated is let finish first
+        # (what Twilio already has plays on), unless the cap itself has come.
+        late = age >= cap - min(ROLLOVER_MARGIN, cap * 0.05) and self._responses.idle
+        if quiet or late or age >= cap:
+            return True
+        out.append(Wake(now + RECHECK))
+        return False
 
     def _note_reconnected(self, out: list[Effect], now: float) -> None:
         assert self._down_since is not None

@@ -17,9 +17,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection
 
 from bridge import metrics, realtime, twilio
 from bridge.after_stream import MemoryNextSteps, NextStep, NextSteps
@@ -29,6 +30,7 @@ from bridge.call.effects import (
     EndCall,
     Noted,
     Reconnect,
+    Rollover,
     RunTool,
     Synthesize,
     ToCaller,
@@ -80,7 +82,18 @@ UPSTREAM_LOSSES = frozenset({EndReason.UPSTREAM_CLOSED, EndReason.UPSTREAM_ERROR
 
 
 class SessionRenewal(Exception):
-    """The call session asked for a new model session (its own expired)."""
+    """The call session asked for a new model session (its own expired, or a rollover)."""
+
+
+@contextlib.asynccontextmanager
+async def _entered(
+    opening: contextlib.AbstractAsyncContextManager[ClientConnection], connection: ClientConnection
+) -> AsyncIterator[ClientConnection]:
+    """A session `_prepare_next` opened already, closed like any other when done."""
+    try:
+        yield connection
+    finally:
+        await opening.__aexit__(None, None, None)
 
 
 class Call:
@@ -103,6 +116,10 @@ class Call:
         self._gap_control: list[str] = []
         self._reconnect = asyncio.Event()
         self._reconnect_delay = 0.0
+        # A next model session opened beside the current one (rollover), waiting to take over.
+        self._prepared: (
+            tuple[contextlib.AbstractAsyncContextManager[ClientConnection], ClientConnection] | None
+        ) = None
         self._tools_in_flight = asyncio.Semaphore(TOOLS_IN_FLIGHT)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -256,6 +273,9 @@ class Call:
             elif isinstance(effect, Reconnect):
                 self._reconnect_delay = effect.delay
                 self._reconnect.set()
+            elif isinstance(effect, Rollover):
+                assert self._tg is not None
+                self._tg.create_task(self._prepare_next(), name="next_session")
             elif isinstance(effect, EndCall):
                 self._end(CallEnded(effect.reason, effect.detail, effect.next_step))
 
@@ -287,8 +307,14 @@ class Call:
         the call ends. The caller's stream stays open throughout."""
         settings = self._services.settings
         while True:
+            prepared, self._prepared = self._prepared, None
+            opening = (
+                _entered(*prepared)
+                if prepared is not None
+                else open_session(settings, session.profile.model)
+            )
             try:
-                async with open_session(settings, session.profile.model) as connection:
+                async with opening as connection:
                     model = ModelSocket(connection)
                     self._services.upstream_health.opened()
                     self._reconnect.clear()
@@ -326,9 +352,28 @@ class Call:
             if self._reconnect_delay > 0:
                 await asyncio.sleep(self._reconnect_delay)
 
+    async def _prepare_next(self) -> None:
+        """Open the next model session while the current one still serves the call; once open,
+        the call moves to it (the current one closes, the next takes over at once)."""
+        session = self._session
+        assert session is not None
+        opening = open_session(self._services.settings, session.profile.model)
+        try:
+            connection = await opening.__aenter__()
+        except (UpstreamRejected, UpstreamUnavailable) as exc:
+            self._apply(session.rollover_failed(str(exc), self._loop.time()))
+            return
+        if self._ended is not None:
+            await opening.__aexit__(None, None, None)
+            return
+        self._prepared = (opening, connection)
+        self._reconnect_delay = 0.0
+        self._reconnect.set()  # the current session's `_renewal_asked` closes it
+
     async def _renewal_asked(self) -> None:
         """While a session is open, a `Reconnect` from the session closes it."""
         await self._reconnect.wait()
+        self._model = None  # from now on caller audio waits for the next session, not lost
         raise SessionRenewal
 
     def _send_gap(self, model: ModelSocket) -> None:

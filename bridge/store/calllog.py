@@ -40,15 +40,16 @@ class StoreRecorder:
 
     def call_event(self, record: CallRecord, event: CallEvent) -> None:
         self.writer.call_changed(record)  # counters (barge_ins, errors) move with events
+        self.writer.event_added(record, event)
         self.feed.call_event(record, event)
 
     def turn_updated(self, record: CallRecord, turn: Turn) -> None:
-        self.writer.turn_changed(record, turn.item_id)
+        self.writer.turn_changed(record, turn)
         self.feed.turn_updated(record, turn)
 
     def tool_call_updated(self, record: CallRecord, tool_call: ToolCall) -> None:
         self.writer.call_changed(record)  # the count, and the transfer a tool may have set
-        self.writer.tool_call_changed(record, tool_call.call_id)
+        self.writer.tool_call_changed(record, tool_call)
         self.feed.tool_call_updated(record, tool_call)
 
     def call_ended(self, record: CallRecord) -> None:

@@ -1,9 +1,10 @@
 """The live feed: what is happening on calls right now, for dashboards and `bridge calls tail`.
 
 Messages are plain dicts (`kind` + data) published by this instance's recorder or, through
-the PostgreSQL relay, by other replicas. The feed keeps the state of every live call it has
-heard of (so a new subscriber starts from a snapshot) and fans messages out to subscribers,
-each with a bounded buffer: a subscriber that falls behind is cut off and reconnects.
+the PostgreSQL relay, by other replicas. The feed keeps the recent state of every live call it
+has heard of (so a new subscriber starts from a snapshot: its last turns, tool calls and events;
+the whole call is in the call log) and fans messages out to subscribers, each with a bounded
+buffer: a subscriber that falls behind is cut off and reconnects.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 KEEP_EVENTS = 50  # per live call in the snapshot
+KEEP_TURNS = 20  # the latest turns of each live call (a long call must not grow the feed)
+KEEP_TOOL_CALLS = 20
 
 
 def call_info(record: CallRecord, instance: str) -> dict[str, Any]:
@@ -157,10 +160,10 @@ class LiveFeed:
         entry = self.calls[call_sid]
         if kind == "turn":
             turn = message["turn"]
-            entry["turns"][turn["item_id"]] = turn
+            _keep_latest(entry["turns"], turn["item_id"], turn, KEEP_TURNS)
         elif kind == "tool_call":
             tool_call = message["tool_call"]
-            entry["tool_calls"][tool_call["call_id"]] = tool_call
+            _keep_latest(entry["tool_calls"], tool_call["call_id"], tool_call, KEEP_TOOL_CALLS)
         elif kind == "event":
             entry["events"].append(message["event"])
             del entry["events"][:-KEEP_EVENTS]
@@ -212,6 +215,13 @@ class LiveFeed:
         for subscription in list(self._subscribers):
             subscription.close()
         self._subscribers.clear()
+
+
+def _keep_latest(held: dict[str, Message], key: str, value: Message, keep: int) -> None:
+    """Set `key` (an update keeps its place); past `keep`, the oldest goes."""
+    held[key] = value
+    if len(held) > keep:
+        del held[next(iter(held))]
 
 
 def _empty() -> dict[str, Any]:

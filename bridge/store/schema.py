@@ -87,7 +87,7 @@ events = sa.Table(
         sa.ForeignKey("calls.call_sid", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("seq", sa.Integer),  # index in CallRecord.events; NULL for Twilio callbacks
+    sa.Column("seq", sa.Integer),  # place in the call's events (History.seq); NULL: Twilio's
     sa.Column("at", sa.Double),  # seconds since the call started, when known
     sa.Column("ts", sa.Double, nullable=False),  # epoch seconds
     sa.Column("kind", sa.String(64), nullable=False),

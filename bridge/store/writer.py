@@ -3,7 +3,9 @@
 Recorder callbacks only mark what changed (the call, a turn, a tool call, new events, a Twilio
 status) in a bounded table of pending work keyed by call SID. One task writes the changes in
 batches, snapshotting each record as it writes it, so a transcript that grows by a hundred
-deltas costs one row update, not a hundred. Writes are idempotent upserts: a failed batch stays
+deltas costs one row update, not a hundred. The pending table holds each changed turn, tool
+call and event (with its place in the call) until it is written: the live record keeps only
+its most recent ones (`bridge.record.History`). Writes are idempotent upserts: a failed batch stays
 pending and is retried with backoff; a finished call that still cannot be written after
 `retry_window` seconds is logged at ERROR with its SID and dropped. `close()` flushes what is
 pending, bounded by `flush_timeout`.
@@ -23,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.logs import mask_number
-from bridge.record import CallRecord
+from bridge.record import CallEvent, CallRecord, ToolCall, Turn
 from bridge.store import rows
 from bridge.store.database import describe
 from bridge.store.pricing import PriceTable
@@ -46,18 +48,23 @@ class _Pending:
     call_sid: str
     record: CallRecord | None = None
     call: bool = False  # the call row
-    turns: set[str] = dataclasses.field(default_factory=set)  # item_ids
-    tool_calls: set[str] = dataclasses.field(default_factory=set)  # call_ids
-    events_written: int = 0  # record.events[:events_written] are stored
+    # item_id / call_id -> (seq, the object): its row is written from the object as it is then
+    turns: dict[str, tuple[int, Turn]] = dataclasses.field(default_factory=dict)
+    tool_calls: dict[str, tuple[int, ToolCall]] = dataclasses.field(default_factory=dict)
+    events: list[tuple[int, CallEvent]] = dataclasses.field(default_factory=list)  # (seq, event)
     statuses: list[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=list)
     final: bool = False  # call_ended seen: the record will not change again
     failing_since: float | None = None
 
     @property
     def dirty(self) -> bool:
-        new_events = self.record is not None and len(self.record.events) > self.events_written
-        changed = self.call or bool(self.turns) or bool(self.tool_calls) or bool(self.statuses)
-        return changed or new_events
+        return (
+            self.call
+            or bool(self.turns)
+            or bool(self.tool_calls)
+            or bool(self.events)
+            or bool(self.statuses)
+        )
 
     @property
     def finished(self) -> bool:
@@ -73,11 +80,11 @@ class _Snapshot:
     turns: list[dict[str, Any]]
     tool_calls: list[dict[str, Any]]
     events: list[dict[str, Any]]
-    events_upto: int
     statuses: list[tuple[dict[str, Any], dict[str, Any]]]
     taken_call: bool
-    taken_turns: set[str]
-    taken_tool_calls: set[str]
+    taken_turns: dict[str, tuple[int, Turn]]
+    taken_tool_calls: dict[str, tuple[int, ToolCall]]
+    taken_events: list[tuple[int, CallEvent]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,18 +134,34 @@ class Writer:
             entry.call = True
             entry.final = entry.final or final
 
-    def turn_changed(self, record: CallRecord, item_id: str) -> None:
+    def turn_changed(self, record: CallRecord, turn: Turn) -> None:
+        """A turn began or changed: held here (with its place in the call) until written."""
+        entry = self._entry(record.call_sid, record)
+        if entry is not None and turn.item_id not in entry.turns:
+            seq = record.turns.seq(turn)
+            if seq is None:
+                logger.warning("turn %s changed after the record let it go", turn.item_id)
+            else:
+                entry.turns[turn.item_id] = (seq, turn)
+
+    def tool_call_changed(self, record: CallRecord, tool_call: ToolCall) -> None:
+        entry = self._entry(record.call_sid, record)
+        if entry is not None and tool_call.call_id not in entry.tool_calls:
+            seq = record.tool_calls.seq(tool_call)
+            if seq is None:
+                logger.warning("tool call %s changed after the record let it go", tool_call.call_id)
+            else:
+                entry.tool_calls[tool_call.call_id] = (seq, tool_call)
+
+    def event_added(self, record: CallRecord, event: CallEvent) -> None:
+        """An event was appended to the record: held here until written."""
         entry = self._entry(record.call_sid, record)
         if entry is not None:
-            entry.turns.add(item_id)
-
-    def tool_call_changed(self, record: CallRecord, call_id: str) -> None:
-        entry = self._entry(record.call_sid, record)
-        if entry is not None:
-            entry.tool_calls.add(call_id)
-
-    def events_changed(self, record: CallRecord) -> None:
-        self._entry(record.call_sid, record)
+            seq = record.events.seq(event)
+            if seq is None:
+                logger.warning("event %s reported after the record let it go", event.kind)
+            else:
+                entry.events.append((seq, event))
 
     def status(self, call_sid: str, status: str, params: Mapping[str, str]) -> None:
         entry = self._entry(call_sid, None)
@@ -263,7 +286,6 @@ class Writer:
             logger.warning("call log database is back; writing pending records")
         for snap in snaps:
             entry = snap.entry
-            entry.events_written = snap.events_upto
             entry.failing_since = None
             if entry.finished and not entry.dirty:
                 self._pending.pop(entry.call_sid, None)
@@ -290,32 +312,23 @@ class Writer:
     def _snapshot(self, entry: _Pending) -> _Snapshot:
         record = entry.record
         snap = _Snapshot(
-            entry, [], [], [], [], entry.events_written, entry.statuses, entry.call, set(), set()
+            entry, [], [], [], [], entry.statuses, entry.call, entry.turns, entry.tool_calls, []
         )
         entry.statuses = []
         if record is not None:
             if entry.call:
                 snap.calls.append(rows.call_row(record, self.prices, self.instance))
-            if entry.turns:
-                snap.turns = [
-                    rows.turn_row(record, seq, turn)
-                    for seq, turn in enumerate(record.turns)
-                    if turn.item_id in entry.turns
-                ]
-            if entry.tool_calls:
-                snap.tool_calls = [
-                    rows.tool_call_row(record, seq, tool_call)
-                    for seq, tool_call in enumerate(record.tool_calls)
-                    if tool_call.call_id in entry.tool_calls
-                ]
-            events = record.events[entry.events_written :]
-            snap.events = [
-                rows.event_row(record, seq, event)
-                for seq, event in enumerate(events, start=entry.events_written)
+            snap.turns = [
+                rows.turn_row(record, seq, turn)
+                for seq, turn in sorted(entry.turns.values(), key=_seq)
             ]
-            snap.events_upto = entry.events_written + len(events)
-        snap.taken_turns, entry.turns = entry.turns, set()
-        snap.taken_tool_calls, entry.tool_calls = entry.tool_calls, set()
+            snap.tool_calls = [
+                rows.tool_call_row(record, seq, tool_call)
+                for seq, tool_call in sorted(entry.tool_calls.values(), key=_seq)
+            ]
+            snap.events = [rows.event_row(record, seq, event) for seq, event in entry.events]
+            snap.taken_events, entry.events = entry.events, []
+        entry.turns, entry.tool_calls = {}, {}
         entry.call = False
         return snap
 
@@ -354,8 +367,8 @@ class Writer:
             summary = (
                 f"from {mask_number(record.from_number)} to {mask_number(record.to_number)}, "
                 f"end_reason={record.end_reason}, {record.duration:.1f}s, "
-                f"{len(record.turns)} turns, {len(record.tool_calls)} tool calls, "
-                f"{len(record.events)} events"
+                f"{record.turns.total} turns, {record.tool_calls.total} tool calls, "
+                f"{record.events.total} events"
             )
         logger.error("call log: record of call %s lost (%s): %s", call_sid, why, summary)
 
@@ -363,9 +376,14 @@ class Writer:
 def _restore(snap: _Snapshot) -> None:
     entry = snap.entry
     entry.call = entry.call or snap.taken_call
-    entry.turns |= snap.taken_turns
-    entry.tool_calls |= snap.taken_tool_calls
+    entry.turns = snap.taken_turns | entry.turns
+    entry.tool_calls = snap.taken_tool_calls | entry.tool_calls
+    entry.events = snap.taken_events + entry.events
     entry.statuses = snap.statuses + entry.statuses
+
+
+def _seq(pending: tuple[int, object]) -> int:
+    return pending[0]
 
 
 def _unavailable(exc: BaseException) -> bool:
