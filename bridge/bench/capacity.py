@@ -31,7 +31,7 @@ from bridge.bench.measure import find_knee
 from bridge.bench.model import ModelServer
 from bridge.bench.progress import Progress
 
-__all__ = ["BenchError", "Options", "run"]
+__all__ = ["BenchError", "Options", "Target", "run", "started_target"]
 
 START_TIMEOUT = 30.0
 START_TIMEOUT_CALLGRIND = 300.0  # imports alone take a while under valgrind
@@ -66,6 +66,8 @@ class Options:
     instructions: bool = False  # started bridge under callgrind: instructions over the steady phase
     workers: int = 1  # started bridge: processes (`bridge serve --workers N`)
     database_url: str | None = None  # started bridge: call log (default: throw-away SQLite)
+    numbers: str | None = None  # started bridge: per-number profiles (TOML)
+    stats_dir: str | None = None  # started bridge: writes its asyncio task count here
 
 
 def default_ramp(calls: int) -> float:
@@ -74,13 +76,15 @@ def default_ramp(calls: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Target:
+class Target:
     base: str
     pid: int
 
 
 @contextlib.asynccontextmanager
-async def _started_target(options: Options, realtime_url: str, log: Path) -> AsyncIterator[_Target]:
+async def started_target(options: Options, realtime_url: str, log: Path) -> AsyncIterator[Target]:
+    """The bridge as `bridge serve` runs it, in a process of its own (stderr to `log`), with
+    `realtime_url` as its upstream; stopped (SIGTERM, then SIGKILL) on the way out."""
     command = [
         sys.executable,
         "-m",
@@ -102,6 +106,10 @@ async def _started_target(options: Options, realtime_url: str, log: Path) -> Asy
         command += ["--workers", str(options.workers)]
     if options.database_url:
         command += ["--database-url", options.database_url]
+    if options.numbers:
+        command += ["--numbers", options.numbers]
+    if options.stats_dir:
+        command += ["--stats-dir", options.stats_dir]
     if options.instructions:
         command = callgrind.wrap_command(command, log.parent)
     start_timeout = START_TIMEOUT_CALLGRIND if options.instructions else START_TIMEOUT
@@ -121,7 +129,7 @@ async def _started_target(options: Options, realtime_url: str, log: Path) -> Asy
             raise BenchError(
                 f"the bridge did not start in {start_timeout:.0f}s:\n{_tail(log)}"
             ) from None
-        yield _Target(base, process.pid)
+        yield Target(base, process.pid)
         if process.returncode is not None:
             raise BenchError(f"the bridge exited with {process.returncode}:\n{_tail(log)}")
     finally:
@@ -218,7 +226,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
                     )
                 else:
                     log = Path(logs) / f"target-{calls}.log"
-                    async with _started_target(options, model.url, log) as target:
+                    async with started_target(options, model.url, log) as target:
                         await asyncio.sleep(1.0)  # settle imports and first allocations
                         result = await run_level(
                             target.base,
