@@ -160,3 +160,15 @@ def test_bench_tools_measures_each_figure(
     assert 1.4 < holding < 2.0  # the holding phrase starts within 2 s of the tool
     (goodbye,) = figures["goodbye"]
     assert goodbye == pytest.approx(1.5, abs=0.05)  # heard whole before the hang-up
+
+
+def test_bench_survive_measures_reconnect_and_rollover_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "survive.json"
+    arguments = ["survive", "--calls", "2", "--seconds", "8", "--drop-every", "3"]
+    arguments += ["--rollover-calls", "1", "--rollover-seconds", "12", "--json", str(path)]
+    assert cli.main(arguments) == 0
+    figures = json.loads(path.read_text())
+    assert len(figures["reconnect_ms"]) >= 2  # each call lost its session at least once
+    assert all(0 <= gap < 1000 for gap in figures["reconnect_ms"])  # back within 1 s
+    assert len(figures["rollover_ms"]) >= 1
+    assert all(0 <= gap < 500 for gap in figures["rollover_ms"])

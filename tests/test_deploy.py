@@ -39,6 +39,8 @@ PRESTOP_SECONDS = 5
 CALLS_PER_REPLICA = 100
 CPU_SECONDS_PER_CALL_MINUTE = 0.36  # measured: `bridge bench --calls 100`, transcoding
 MB_PER_CALL, BASE_MB = 1, 100
+# README's Capacity: the most transcoding calls one process held within the latency limits.
+KNEE_CALLS_PER_PROCESS = 300
 SERVE_ARGS = ["serve", "--host", "0.0.0.0", "--port", "8080"]
 MIGRATE_ARGS = ["db", "upgrade"]
 PLACEHOLDER = "REPLACE_ME"
@@ -489,6 +491,22 @@ def test_resources_follow_the_benchmark_arithmetic() -> None:
     assert 50 <= cpu_target["resource"]["target"]["averageUtilization"] < 100
     assert hpa["minReplicas"] >= 2
     assert the("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_every_deploy_example_limits_calls_per_process() -> None:
+    """BRIDGE_MAX_CALLS below the benchmark's knee, above what the autoscaler plans per replica,
+    and within the memory a pod may use."""
+    compose_env = compose()["services"]["bridge"]["environment"]
+    limits = {"compose.yaml": compose_env, "k8s/configmap.yaml": environment()}
+    for where, env in limits.items():
+        assert "BRIDGE_MAX_CALLS" in env, f"{where} does not set BRIDGE_MAX_CALLS"
+        max_calls = int(env["BRIDGE_MAX_CALLS"])
+        assert Settings(openai_api_key=SecretStr("unused"), max_calls=max_calls)
+        assert CALLS_PER_REPLICA <= max_calls < KNEE_CALLS_PER_PROCESS, where
+    full = (BASE_MB + MB_PER_CALL * int(environment()["BRIDGE_MAX_CALLS"])) * 1e6
+    assert quantity(container()["resources"]["limits"]["memory"]) >= full
+    assert f"{KNEE_CALLS_PER_PROCESS} transcoding calls" in (ROOT / "README.md").read_text()
+    assert "BRIDGE_MAX_CALLS" in (DEPLOY / "README.md").read_text()
 
 
 def test_deploy_readme_points_at_the_capacity_figures_and_commands() -> None:

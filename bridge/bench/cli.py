@@ -1,5 +1,6 @@
-"""`bridge bench ...`: the capacity/latency benchmark, `bridge bench audio` (transcoder) or
-`bridge bench tools` (what the bridge adds around the assistant's tools)."""
+"""`bridge bench ...`: the capacity/latency benchmark, `bridge bench --soak MINUTES` (does the
+bridge stay flat over time?), `bridge bench audio` (transcoder) or `bridge bench tools` (what the
+bridge adds around the assistant's tools)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.bench.capacity import Options
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_JSON = "artifacts/bench-capacity.json"
 DEFAULT_CHART = "artifacts/bench-capacity.png"
+SOAK_JSON = "artifacts/bench-soak.json"
+SOAK_CHART = "artifacts/bench-soak.png"
+DEFAULT_CALLS = 100
+SOAK_CALLS = 200
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -24,6 +33,23 @@ def _levels(text: str) -> tuple[int, ...]:
     if not levels or any(n <= 0 for n in levels):
         raise argparse.ArgumentTypeError("levels must be positive call counts")
     return levels
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError("seconds must be positive, MIN <= MAX")
+    return low, high
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a positive number")
+    return value
 
 
 def _share(text: str) -> float:
@@ -52,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark's Realtime model side as upstream) or one at --url. "
         "`bridge bench audio` runs the transcoder microbenchmark instead.",
     )
-    parser.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        help=f"concurrent calls (default {DEFAULT_CALLS}; with --soak {SOAK_CALLS})",
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="steady phase (default 30)")
     parser.add_argument("--ramp", type=float, help="ramp-up seconds (default: calls/40, 2..10)")
     parser.add_argument("--sweep", type=_levels, help="levels instead of --calls: 50,100,200,400")
@@ -65,10 +95,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--barge-in", type=_share, default=0.3, help="share of replies talked over (default 0.3)"
     )
     parser.add_argument(
-        "--json", default=DEFAULT_JSON, help=f"report file (default {DEFAULT_JSON})"
+        "--json", help=f"report file (default {DEFAULT_JSON}; with --soak {SOAK_JSON})"
     )
     parser.add_argument(
-        "--chart", default=DEFAULT_CHART, help=f"PNG chart (default {DEFAULT_CHART})"
+        "--chart", help=f"PNG chart (default {DEFAULT_CHART}; with --soak {SOAK_CHART})"
+    )
+    soak = parser.add_argument_group(
+        "soak", "hold --calls calls for MINUTES, each replaced when it ends; sample the bridge"
+    )
+    soak.add_argument(
+        "--soak",
+        type=_positive,
+        metavar="MINUTES",
+        help="run the soak instead of the capacity levels: RSS, open fds, asyncio tasks and "
+        "latency per minute, and whether they stay flat",
+    )
+    soak.add_argument(
+        "--call-seconds",
+        type=_seconds_range,
+        default=(120.0, 240.0),
+        metavar="MIN,MAX",
+        help="soak: each call lasts this long, drawn uniformly, then a new one replaces it "
+        "(default 120,240)",
+    )
+    soak.add_argument(
+        "--sample-seconds",
+        type=_positive,
+        default=10.0,
+        help="soak: how often the bridge is sampled (default 10)",
+    )
+    soak.add_argument(
+        "--drop-every",
+        type=_positive,
+        metavar="SECONDS",
+        help="soak: the model side aborts each connection after about this long (0.5 to 1.5 "
+        "times), as a lost upstream would",
+    )
+    soak.add_argument(
+        "--tool-every",
+        type=int,
+        default=4,
+        metavar="N",
+        help="soak: every Nth answer also calls an HTTP tool, served by the benchmark "
+        "(default 4; 0: none)",
     )
     parser.add_argument("--sim-host", default="127.0.0.1", help="model side's address (for --url)")
     parser.add_argument("--sim-port", type=int, default=0, help="model side's port (for --url)")
@@ -121,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bridge.bench import audio
 
         return audio.main()
+    if arguments[:1] == ["survive"]:
+        from bridge.bench import survive
+
+        return survive.main(arguments[1:])
     if arguments[:1] == ["tools"]:
         from bridge.bench import tools
 
@@ -139,9 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers > 1 shares a PostgreSQL call log: give --database-url (or --bare)")
     if args.instructions and not callgrind.available():
         parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    if args.soak is not None and (args.sweep or args.instructions or args.profile):
+        parser.error("--soak runs on its own: not with --sweep, --instructions or --profile")
+    if args.tool_every < 0:
+        parser.error("--tool-every must be >= 0")
+    calls = args.calls or (SOAK_CALLS if args.soak is not None else DEFAULT_CALLS)
 
     options = capacity.Options(
-        levels=args.sweep or (args.calls,),
+        levels=args.sweep or (calls,),
         seconds=args.seconds,
         ramp=args.ramp,
         url=args.url,
@@ -161,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         database_url=args.database_url,
     )
+    if args.soak is not None:
+        return _soak(args, options, calls)
     try:
         with asyncio.Runner(loop_factory=_generator_loop()) as runner:
             result = runner.run(capacity.run(options))
@@ -171,10 +251,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bridge bench: {exc}", file=sys.stderr)
         return 2
     print(report.table(result))
-    report.write_json(result, args.json)
-    print(f"\nreport: {args.json}")
-    if report.chart(result, args.chart):
-        print(f"chart: {args.chart}")
+    json_path, chart_path = args.json or DEFAULT_JSON, args.chart or DEFAULT_CHART
+    report.write_json(result, json_path)
+    print(f"\nreport: {json_path}")
+    if report.chart(result, chart_path):
+        print(f"chart: {chart_path}")
+    else:
+        print("chart: skipped (matplotlib missing: install the `bench` extra)")
+    return 0
+
+
+def _soak(args: argparse.Namespace, options: Options, calls: int) -> int:
+    from bridge.bench import capacity, churn, report
+
+    soak = churn.SoakOptions(
+        minutes=args.soak,
+        calls=calls,
+        call_seconds=args.call_seconds,
+        sample_seconds=args.sample_seconds,
+        drop_every=args.drop_every,
+        tool_every=args.tool_every,
+    )
+    try:
+        with asyncio.Runner(loop_factory=_generator_loop()) as runner:
+            result = runner.run(churn.run(options, soak))
+    except capacity.BenchError as exc:
+        print(f"bridge bench: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"bridge bench: {exc}", file=sys.stderr)
+        return 2
+    print(report.soak_table(result))
+    json_path, chart_path = args.json or SOAK_JSON, args.chart or SOAK_CHART
+    report.write_json(result, json_path)
+    print(f"\nreport: {json_path}")
+    if report.soak_chart(result, chart_path):
+        print(f"chart: {chart_path}")
     else:
         print("chart: skipped (matplotlib missing: install the `bench` extra)")
     return 0

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from bridge.bench.progress import Progress
 from bridge.bench.signature import MAX_CALLS, utterance_frames
 from bridge.sim.twiml_client import loopback_url, parse_stream
 
-__all__ = ["Plan", "run_level"]
+__all__ = ["Dialer", "Plan", "run_level"]
 
 SAMPLE_S = 0.5
 CONNECT_TIMEOUT = 15.0
@@ -47,6 +48,67 @@ class Plan:
     ramp_s: float
     settle_s: float = 2.0  # after the ramp: the last calls get through their preamble
     script: Script = dataclasses.field(default_factory=Script)
+
+
+@dataclasses.dataclass(slots=True)
+class Dialer:
+    """Places calls as Twilio places them: the voice webhook first, then the Media Stream its
+    TwiML names. Why a call could not be placed is counted in `failures`."""
+
+    base: str
+    model: ModelServer
+    ticker: Ticker
+    script: Script
+    utterance: list[str]
+    failures: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+    async def place(
+        self, client: httpx.AsyncClient, call_id: int, started: Callable[[Caller], None]
+    ) -> Caller | None:
+        """One call whose preamble speaks `call_id`; `started` is handed its caller before the
+        stream is opened. The caller once its stream is open, else None."""
+        call_sid = "CA" + os.urandom(16).hex()
+        form = {
+            "CallSid": call_sid,
+            "AccountSid": "AC" + "0" * 32,
+            "From": f"+1555{call_id:07d}",
+            "To": "+15550100000",
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "ApiVersion": "2010-04-01",
+        }
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                response = await client.post(f"{self.base}/twilio/voice", data=form)
+                if response.status_code != 200:
+                    self.failures[f"voice webhook HTTP {response.status_code}"] += 1
+                    return None
+                stream_url, parameters = parse_stream(response.text)
+                target = urlsplit(loopback_url(stream_url, self.base))
+                probe = CallProbe(call_id, self.ticker.metrics, lead_ms=0.0)
+                self.model.probes[call_id] = probe
+                caller = Caller(
+                    probe,
+                    self.ticker,
+                    host=target.netloc,
+                    target=target.path or "/",
+                    custom_parameters=parameters,
+                    call_sid=call_sid,
+                    stream_sid="MZ" + os.urandom(16).hex(),
+                    script=self.script,
+                    utterance=self.utterance,
+                )
+                started(caller)
+                loop = asyncio.get_running_loop()
+                host = target.hostname or "127.0.0.1"
+                await loop.create_connection(lambda: caller, host, target.port or 80)
+                await caller.opened
+                return caller
+        except TimeoutError:
+            self.failures["connect timeout"] += 1
+        except (OSError, httpx.HTTPError, ValueError) as exc:
+            self.failures[f"connect failed: {type(exc).__name__}"] += 1
+        return None
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,8 +149,8 @@ class _Level:
         self.metrics = Metrics()
         self.ticker = Ticker(self.metrics)
         self.callers: list[Caller] = []
-        self.failures: collections.Counter[str] = collections.Counter()
-        self.utterance = utterance_frames()
+        self.dialer = Dialer(self.base, model, self.ticker, plan.script, utterance_frames())
+        self.failures = self.dialer.failures
         self.held: list[Caller] = []  # calls alive and bridged at the end of the steady phase
         self.baseline_rss = 0
         self.peak_rss = 0
@@ -132,46 +194,7 @@ class _Level:
                 self._show("ramp", loop.time() - t0, plan.ramp_s)
 
     async def _place(self, client: httpx.AsyncClient, i: int) -> None:
-        call_sid = "CA" + os.urandom(16).hex()
-        form = {
-            "CallSid": call_sid,
-            "AccountSid": "AC" + "0" * 32,
-            "From": f"+1555{i:07d}",
-            "To": "+15550100000",
-            "CallStatus": "ringing",
-            "Direction": "inbound",
-            "ApiVersion": "2010-04-01",
-        }
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                response = await client.post(f"{self.base}/twilio/voice", data=form)
-                if response.status_code != 200:
-                    self.failures[f"voice webhook HTTP {response.status_code}"] += 1
-                    return
-                stream_url, parameters = parse_stream(response.text)
-                target = urlsplit(loopback_url(stream_url, self.base))
-                probe = CallProbe(i, self.metrics, lead_ms=0.0)
-                self.model.probes[i] = probe
-                caller = Caller(
-                    probe,
-                    self.ticker,
-                    host=target.netloc,
-                    target=target.path or "/",
-                    custom_parameters=parameters,
-                    call_sid=call_sid,
-                    stream_sid="MZ" + os.urandom(16).hex(),
-                    script=self.plan.script,
-                    utterance=self.utterance,
-                )
-                self.callers.append(caller)
-                loop = asyncio.get_running_loop()
-                host = target.hostname or "127.0.0.1"
-                await loop.create_connection(lambda: caller, host, target.port or 80)
-                await caller.opened
-        except TimeoutError:
-            self.failures["connect timeout"] += 1
-        except (OSError, httpx.HTTPError, ValueError) as exc:
-            self.failures[f"connect failed: {type(exc).__name__}"] += 1
+        await self.dialer.place(client, i, self.callers.append)
 
     async def _wait(self, seconds: float, label: str, total: float) -> None:
         loop = asyncio.get_running_loop()

@@ -7,14 +7,20 @@ replies, cancel, truncate, errors) is the simulator's `RealtimeSessionState` in 
 benchmark and the tests hold the same conversation; its VAD is `PreambleVad`, which first ties
 the session to its call. Replies repeat every few turns and are encoded once per format for all
 sessions. Everything is reported to the call's `CallProbe`.
+
+For the soak: `tool_every` makes every Nth answer of a session call a function tool as well
+(`TOOL_NAME`), and `drop_every` aborts each connection after about that many seconds (0.5 to 1.5
+times, so drops spread out), as a lost upstream would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import random
 import time
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +32,7 @@ from bridge.bench.inbound import PreambleVad, caller_side_bytes
 from bridge.bench.probe import CallProbe, Metrics
 from bridge.bench.signature import PREAMBLE_AT, speechlike
 from bridge.fastws.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, frame
-from bridge.sim.realtime_config import SimConfig
+from bridge.sim.realtime_config import SimConfig, SimToolCall
 from bridge.sim.realtime_media import EncodedAudio, turn_audio
 from bridge.sim.realtime_response import Event, ResponseStream
 from bridge.sim.realtime_session import RealtimeSessionState
@@ -35,11 +41,22 @@ __all__ = ["ModelServer"]
 
 REPLY_SECONDS = (2.0, 2.8, 3.6)
 TRANSCRIPT = "Hello there."
+TOOL_NAME = "lookup_order"
+TOOL_CALL = SimToolCall(TOOL_NAME, {"order": "A-17"})
+MAX_ANSWERS = 100_000  # tool calls are planned this far into a session (hours of answers)
 # What a client may ask for that the service refuses without anything being wrong: races between
 # the bridge and the model, not rejected events.
 _BENIGN_ERRORS = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response"}
 )
+
+
+def tool_calls(every: int) -> dict[int, Sequence[SimToolCall]]:
+    """Every `every`-th answer of a session (the 1st, the Nth, ...: answer k with k % every ==
+    0) calls `TOOL_NAME`; none for 0."""
+    if every <= 0:
+        return {}
+    return {answer: (TOOL_CALL,) for answer in range(0, MAX_ANSWERS, every)}
 
 
 def reply_samples(turn: int) -> np.ndarray:
@@ -52,7 +69,14 @@ class ModelServer:
     """Serves `/v1/realtime` on a loopback port; `probes` maps call ids to calls (set by the
     load runner before each call starts)."""
 
-    def __init__(self, *, chunk_ms: int = 100, speedup: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        chunk_ms: int = 100,
+        speedup: float = 5.0,
+        tool_every: int = 0,
+        drop_every: float | None = None,
+    ) -> None:
         self.config = SimConfig(
             reply_audio=reply_samples,
             reply_turns=len(REPLY_SECONDS),
@@ -60,11 +84,16 @@ class ModelServer:
             speedup=speedup,
             caller_transcripts=(TRANSCRIPT,),
             record_input=False,
+            tool_calls=tool_calls(tool_every),
         )
+        self.drop_every = drop_every
+        self.drops = 0  # connections aborted by `drop_every`
+        self._rng = random.Random(0)
         self.interval = chunk_ms / 1000.0 / speedup
         self.metrics = Metrics()
         self.probes: dict[int, CallProbe] = {}
         self.sessions = 0
+        self.live: set[_Session] = set()  # sessions with an open connection
         self.unlinked: list[str] = []  # why sessions could not be tied to a call
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -85,6 +114,12 @@ class ModelServer:
             self._server.close()
             self._server = None
 
+    def drop_after(self) -> float | None:
+        """How long a new connection lives before the injected drop (None: no drops)."""
+        if not self.drop_every:
+            return None
+        return self.drop_every * self._rng.uniform(0.5, 1.5)
+
     def reply(self, audio_format: dict[str, Any], turn: int) -> EncodedAudio:
         """Reply `turn` (cycled) encoded for `audio_format`, once per format, shared by all."""
         return turn_audio(reply_samples, turn % len(REPLY_SECONDS), audio_format, self.chunk_ms)
@@ -104,13 +139,28 @@ class _Session(asyncio.Protocol):
         self._paced: ResponseStream | None = None
         self._handle: asyncio.Handle | None = None
         self._replies: dict[str, int] = {}  # assistant item id -> the probe's reply number
+        self._drop: asyncio.TimerHandle | None = None
 
     # ---- socket ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = typing.cast(asyncio.Transport, transport)
-        self.server.sessions += 1
+        server = self.server
+        server.sessions += 1
+        server.live.add(self)
+        after = server.drop_after()
+        if after is not None:
+            self._drop = asyncio.get_running_loop().call_later(after, self._dropped)
+
+    def _dropped(self) -> None:
+        """The injected failure: the connection is cut, as a lost upstream would be."""
+        self._drop = None
+        if self._transport is not None and not self._transport.is_closing():
+            self.server.drops += 1
+            if self.probe is not None:
+                self.probe.lost_at = time.monotonic()
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -145,6 +195,10 @@ class _Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_pacing()
+        self.server.live.discard(self)
+        if self._drop is not None:
+            self._drop.cancel()
+            self._drop = None
         if self.probe is None and self._caller_bytes:
             self.server.unlinked.append("preamble not decoded")
 

@@ -58,6 +58,7 @@ class CallProbe:
         "input",
         "lead_ms",
         "linked",
+        "lost_at",
         "metrics",
         "output",
         "reply",
@@ -74,6 +75,9 @@ class CallProbe:
         self.output = OutputPairing()
         self.reply = 0  # the model side's current reply; 0 before the first
         self.linked = False
+        # When the model side cut this call's session on purpose (the soak's `drop_every`): a
+        # session the bridge opens instead hears no preamble, so it is not tied to the call.
+        self.lost_at: float | None = None
         self.speech_started_at: float | None = None
         self._replies: dict[int, _Reply] = {}
 

@@ -1,4 +1,4 @@
-"""Reading a process's CPU time and memory, and the machine's load, from Linux's /proc."""
+"""Reading a process's CPU time, memory and open files, and the machine's load, from /proc."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ __all__ = [
     "ProcessSample",
     "SystemSample",
     "find_listener",
+    "open_fds",
+    "open_fds_tree",
     "sample_process",
     "sample_system",
     "sample_tree",
@@ -96,6 +98,22 @@ def sample_tree(pid: int) -> ProcessSample | None:
         rss=sum(s.rss for s in samples),
         hwm=sum(s.hwm for s in samples),
     )
+
+
+def open_fds(pid: int) -> int | None:
+    """How many file descriptors `pid` has open; None once it is gone (or not ours to read)."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+
+
+def open_fds_tree(pid: int) -> int | None:
+    """`pid`'s open file descriptors and its descendants' (workers), summed."""
+    root = open_fds(pid)
+    if root is None:
+        return None
+    return root + sum(n for n in map(open_fds, descendants(pid)) if n is not None)
 
 
 def sample_system() -> SystemSample:

@@ -1,4 +1,4 @@
-"""Showing a capacity report: a text table, the JSON file, and a PNG chart."""
+"""Showing a capacity or soak report: a text table, the JSON file, and a PNG chart."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["chart", "table", "write_json"]
+__all__ = ["chart", "soak_chart", "soak_table", "table", "write_json"]
 
 Level = dict[str, Any]
 SATURATED_CORES = 0.85  # per event loop, and a loop uses one core at most
@@ -214,6 +214,185 @@ def chart(report: dict[str, Any], path: str | Path) -> bool:
     cdf.legend(fontsize=7)
     mode = report["config"]["audio_mode"]
     fig.suptitle(f"bridge capacity ({mode}, {report['machine']['cores']} cores)")
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---- the soak (`bridge bench --soak`) ------------------------------------------------------------
+
+
+def _pair(values: dict[str, float | None]) -> str:
+    return f"{_ms(values['p50'])} / {_ms(values['p99'])}"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _verdict_lines(judged: dict[str, Any]) -> list[str]:
+    if not judged["enough"]:
+        return ["verdict: too short to judge (minutes 2..N must span at least a minute)"]
+    first, last = judged["window_minutes"]
+    parts = []
+    rss = judged["rss"]
+    if rss is not None:
+        parts.append(
+            f"RSS {rss['mb_per_call_hour']:+.3f} MB per call-hour "
+            f"(± {rss['stderr_mb_per_call_hour']:.3f}, {rss['mb_per_hour']:+.1f} MB/h at "
+            f"{rss['mean_live']:g} calls; flat below {rss['limit_mb_per_call_hour']:g}): "
+            + ("flat" if rss["flat"] else "GROWING")
+        )
+    for name in ("fds", "tasks"):
+        part = judged[name]
+        if part is not None:
+            parts.append(
+                f"{name} {part['rise']:+.1f} over the window (flat within {part['tolerance']:g}): "
+                + ("flat" if part["flat"] else "GROWING")
+            )
+    for way, label in (("caller_to_model", "p99 in"), ("model_to_caller", "p99 out")):
+        part = judged["latency"][way]
+        if part is not None:
+            parts.append(
+                f"{label} {part['first_p99']:.1f} -> {part['last_p99']:.1f} ms "
+                f"(flat up to {part['limit']:.1f}): " + ("flat" if part["flat"] else "GROWING")
+            )
+    overall = {True: "FLAT", False: "NOT FLAT", None: "nothing measured"}[judged["flat"]]
+    return [f"verdict over minutes {first}..{last}: {overall}"] + [f"  {p}" for p in parts]
+
+
+def soak_table(report: dict[str, Any]) -> str:
+    """Per minute: RSS, fds, tasks, live calls, CPU, calls replaced, added latency each way;
+    then the calls, the conversation and the verdict."""
+    config, machine = report["config"], report["machine"]
+    drops = f"every {config['drop_every_s']:g}s" if config["drop_every_s"] else "none"
+    tools = f"every {config['tool_every']}th answer" if config["tool_every"] else "none"
+    low, high = config["call_seconds"]
+    lines = [
+        f"bridge soak: {config['calls']} calls for {config['minutes']:g} min, each call "
+        f"{low:g}-{high:g} s then replaced; tool calls {tools}; model drops {drops}; "
+        f"audio {config['audio_mode']}",
+        f"{machine['cores']} cores, load average {machine['loadavg_at_start']} at start, "
+        f"{machine['loadavg_at_end']} at end",
+        "",
+    ]
+    header = ["minute", "RSS MB", "fds", "tasks", "live", "CPU cores", "replaced"]
+    header += ["in ms p50 / p99", "out ms p50 / p99"]
+    rows = [header]
+    for row in report["minutes"]:
+        rows.append(
+            [
+                str(row["minute"]),
+                _num(row["rss_mb"], 1),
+                _count(row["fds"]),
+                _count(row["tasks"]),
+                _count(row["live"]),
+                _num(row["cpu_cores"]),
+                str(row["calls_ended"]),
+                _pair(row["caller_to_model_ms"]),
+                _pair(row["model_to_caller_ms"]),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    calls, turns, model = report["calls"], report["turns"], report["model"]
+    ends = ", ".join(f"{why}: {n}" for why, n in sorted(calls["ends"].items()))
+    lines += [
+        "",
+        f"calls: {calls['placed']} placed, {calls['replaced']} ended and replaced during the "
+        f"soak; how they ended: {ends or '-'}",
+        f"model side: {model['sessions']} sessions, {model['drops']} dropped on purpose; "
+        f"{turns['replies']} replies, {turns['barge_ins']} barge-ins, "
+        f"{turns['tool_requests']} tool requests, {turns['missed_replies']} missed replies, "
+        f"{turns['underruns']} underruns",
+    ]
+    if calls["not_placed"]:
+        failed = ", ".join(f"{k}: {n}" for k, n in calls["not_placed"].items())
+        lines.append(f"calls not placed: {failed}")
+    if any(row["tasks"] is None for row in report["minutes"]):
+        lines.append("tasks: not reported (a bridge at --url does not write its task count)")
+    lines += _verdict_lines(report["verdict"])
+    return "\n".join(lines)
+
+
+def soak_chart(report: dict[str, Any], path: str | Path) -> bool:
+    """RSS (with the verdict's fit), fds and tasks, latency per minute, live calls and CPU,
+    against soak time; False when matplotlib (the `bench` extra) is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    samples = report["samples"]
+    minutes = report["minutes"]
+    t = [s["t"] / 60.0 for s in samples]
+    fig, ((rss, counts), (lat, load)) = plt.subplots(2, 2, figsize=(14, 9))
+    rss.plot(t, [s["rss"] / 1024 / 1024 for s in samples], marker=".", label="bridge RSS")
+    judged = report["verdict"]
+    if judged["rss"] is not None:
+        first, last = judged["window_minutes"]
+        window = [s for s in samples if (first - 1) * 60 < s["t"] <= last * 60]
+        xs = [s["t"] for s in window]
+        ys = [s["rss"] for s in window]
+        if len(xs) >= 2:
+            # The verdict's line, recomputed here from its own slope through the window's mean.
+            slope = judged["rss"]["mb_per_hour"] / 3600.0
+            mean_t, mean_mb = sum(xs) / len(xs), sum(ys) / len(ys) / 1024 / 1024
+            rss.plot(
+                [xs[0] / 60.0, xs[-1] / 60.0],
+                [mean_mb + slope * (xs[0] - mean_t), mean_mb + slope * (xs[-1] - mean_t)],
+                linestyle="--",
+                color="tab:red",
+                label=f"fit: {judged['rss']['mb_per_call_hour']:+.3f} MB per call-hour",
+            )
+    rss.set(xlabel="minutes", ylabel="MB", title="bridge RSS")
+    rss.legend(fontsize=8)
+    counts.plot(t, [s["fds"] for s in samples], marker=".", label="open fds")
+    if any(s["tasks"] is not None for s in samples):
+        counts.plot(t, [s["tasks"] for s in samples], marker=".", label="asyncio tasks")
+    counts.plot(t, [s["live"] for s in samples], linestyle=":", label="live calls")
+    counts.set(xlabel="minutes", ylabel="count", title="file descriptors and tasks")
+    counts.set_ylim(bottom=0)
+    counts.legend(fontsize=8)
+    m = [row["minute"] for row in minutes]
+    for key, label, color in (
+        ("caller_to_model_ms", "caller->model", "tab:blue"),
+        ("model_to_caller_ms", "model->caller", "tab:orange"),
+    ):
+        for stat, style in (("p50", ":"), ("p99", "-")):
+            points = [(x, row[key][stat]) for x, row in zip(m, minutes, strict=True)]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                lat.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    marker="o",
+                    color=color,
+                    label=f"{label} {stat}",
+                )
+    lat.set(xlabel="minute", ylabel="bridge-added latency (ms)", title="latency per minute")
+    lat.set_ylim(bottom=0)
+    lat.legend(fontsize=8)
+    cores = [(x, row["cpu_cores"]) for x, row in zip(m, minutes, strict=True)]
+    cores = [(x, y) for x, y in cores if y is not None]
+    if cores:
+        load.plot(*zip(*cores, strict=True), marker="o", label="bridge CPU (cores)")
+    load.set(xlabel="minute", ylabel="cores", title="bridge CPU per minute")
+    load.set_ylim(bottom=0)
+    load.legend(fontsize=8)
+    config = report["config"]
+    fig.suptitle(
+        f"bridge soak: {config['calls']} calls, {config['minutes']:g} min "
+        f"({config['audio_mode']}, {report['machine']['cores']} cores)"
+    )
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,7 @@ ROLLOVER_MARGIN = 10.0  # ...and this close, at once, quiet or not
 ROLLOVER_RETRY = 5.0  # a next session that could not be opened is tried again this much later
 MAX_LOSSES = 4  # sessions lost within LOSS_WINDOW: past this, reconnecting is given up
 LOSS_WINDOW = 60.0
+RECENT_LOSS = 10.0  # a loss this soon after another reconnects after a backoff, not at once
 DIGIT_GAP = 2.0  # a run of keypad digits ends with `#` or this long without another key
 KEYS = frozenset("0123456789*#")
 
@@ -375,8 +376,9 @@ class CallSession:
         self._cut_off = self._speaking_text() if self._responses.active else ""
         self._forget_model(out, now)
         out.append(Wake(self._reconnect_until))
-        # A session that keeps dropping is not hammered: the second loss waits a little.
-        delay = 0.0 if len(losses) == 1 else BACKOFF_FIRST * 2 ** (len(losses) - 2)
+        # A session that keeps dropping is not hammered: a loss soon after another waits.
+        recent = sum(1 for at in losses if at > now - RECENT_LOSS)
+        delay = 0.0 if recent == 1 else BACKOFF_FIRST * 2 ** (recent - 2)
         out.append(Reconnect(min(BACKOFF_MAX, delay)))
         return out
 
