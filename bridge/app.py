@@ -281,8 +281,9 @@ class Bridge:
 
     def _busy(self, form: ImmutableMultiDict[str, str], requested: str) -> Response | None:
         """At BRIDGE_MAX_CALLS: the routed profile's busy answer, never a `<Connect>`. Otherwise
-        reserve the call's place (None); a caller its rules refuse is left to them."""
-        if self.live_calls.max_calls is None:
+        reserve the call's place (None). A caller its rules refuse, or one the fallback answers
+        while Realtime is down, is left to those answers and takes no place."""
+        if self.live_calls.max_calls is None or self.upstream_health.down(time.time()):
             return None
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", ""), form.get("To", "")

@@ -503,6 +503,12 @@ def test_every_deploy_example_limits_calls_per_process() -> None:
         max_calls = int(env["BRIDGE_MAX_CALLS"])
         assert Settings(openai_api_key=SecretStr("unused"), max_calls=max_calls)
         assert CALLS_PER_REPLICA <= max_calls < KNEE_CALLS_PER_PROCESS, where
+    # Behind the Service, readiness also follows the event loop's lag (docs/capacity.md).
+    lag_limit = float(environment()["BRIDGE_EVENT_LOOP_LAG_LIMIT_MS"])
+    assert Settings(openai_api_key=SecretStr("unused"), event_loop_lag_limit_ms=lag_limit)
+    assert (
+        f"BRIDGE_EVENT_LOOP_LAG_LIMIT_MS={lag_limit:g}" in (ROOT / "docs/capacity.md").read_text()
+    )
     full = (BASE_MB + MB_PER_CALL * int(environment()["BRIDGE_MAX_CALLS"])) * 1e6
     assert quantity(container()["resources"]["limits"]["memory"]) >= full
     assert f"{KNEE_CALLS_PER_PROCESS} transcoding calls" in (ROOT / "README.md").read_text()

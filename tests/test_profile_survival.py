@@ -159,12 +159,12 @@ def test_each_mistake_is_named(tmp_path: Path, body: str, expected: str) -> None
 def test_fallback_says_then_hangs_up_or_dials() -> None:
     hang_up = Fallback(say="Sorry, goodbye.")
     assert hang_up.next_step() == NextStep(action="hangup", say="Sorry, goodbye.")
-    assert hang_up.next_step().twiml().endswith(
-        "<Response><Say>Sorry, goodbye.</Say><Hangup /></Response>"
-    )
+    twiml = hang_up.next_step().twiml()
+    assert twiml.endswith("<Response><Say>Sorry, goodbye.</Say><Hangup /></Response>")
     dial = Fallback(say="Connecting you.", dial="+15550100100")
     assert dial.next_step() == NextStep(action="dial", number="+15550100100", say="Connecting you.")
-    assert dial.next_step().twiml().endswith(
+    twiml = dial.next_step().twiml()
+    assert twiml.endswith(
         "<Response><Say>Connecting you.</Say>"
         '<Dial timeout="30"><Number>+15550100100</Number></Dial><Hangup /></Response>'
     )
@@ -175,9 +175,8 @@ def test_fallback_says_then_hangs_up_or_dials() -> None:
 
 
 def test_busy_says_then_hangs_up_or_rejects_busy() -> None:
-    assert Busy("All lines are busy.").twiml().endswith(
-        "<Response><Say>All lines are busy.</Say><Hangup /></Response>"
-    )
+    twiml = Busy("All lines are busy.").twiml()
+    assert twiml.endswith("<Response><Say>All lines are busy.</Say><Hangup /></Response>")
     assert Busy().twiml().endswith('<Response><Reject reason="busy" /></Response>')
     # A call we placed cannot be rejected: it is hung up.
     assert Busy().twiml(outbound=True).endswith("<Response><Hangup /></Response>")

@@ -334,7 +334,7 @@ def soak_chart(report: dict[str, Any], path: str | Path) -> bool:
     samples = report["samples"]
     minutes = report["minutes"]
     t = [s["t"] / 60.0 for s in samples]
-    fig, ((rss, counts), (lat, load)) = plt.subplots(2, 2, figsize=(14, 9))
+    fig, ((rss, counts), (lat, load)) = plt.subplots(2, 2, figsize=(14, 9), sharex=True)
     rss.plot(t, [s["rss"] / 1024 / 1024 for s in samples], marker=".", label="bridge RSS")
     judged = report["verdict"]
     if judged["rss"] is not None:
@@ -362,7 +362,7 @@ def soak_chart(report: dict[str, Any], path: str | Path) -> bool:
     counts.set(xlabel="minutes", ylabel="count", title="file descriptors and tasks")
     counts.set_ylim(bottom=0)
     counts.legend(fontsize=8)
-    m = [row["minute"] for row in minutes]
+    m = [row["minute"] - 0.5 for row in minutes]  # a minute's figures at its middle
     for key, label, color in (
         ("caller_to_model_ms", "caller->model", "tab:blue"),
         ("model_to_caller_ms", "model->caller", "tab:orange"),
@@ -378,14 +378,14 @@ def soak_chart(report: dict[str, Any], path: str | Path) -> bool:
                     color=color,
                     label=f"{label} {stat}",
                 )
-    lat.set(xlabel="minute", ylabel="bridge-added latency (ms)", title="latency per minute")
+    lat.set(xlabel="minutes", ylabel="bridge-added latency (ms)", title="latency per minute")
     lat.set_ylim(bottom=0)
     lat.legend(fontsize=8)
     cores = [(x, row["cpu_cores"]) for x, row in zip(m, minutes, strict=True)]
     cores = [(x, y) for x, y in cores if y is not None]
     if cores:
         load.plot(*zip(*cores, strict=True), marker="o", label="bridge CPU (cores)")
-    load.set(xlabel="minute", ylabel="cores", title="bridge CPU per minute")
+    load.set(xlabel="minutes", ylabel="cores", title="bridge CPU per minute")
     load.set_ylim(bottom=0)
     load.legend(fontsize=8)
     config = report["config"]
