@@ -23,10 +23,11 @@ _T = TypeVar("_T")
 # What a live record keeps of each history; everything older has been handed to the recorder.
 # Turns: a late transcript or mark echo names one of the last few, and a model session that
 # takes a call over is told the recent conversation (bridge/call/context.py: its last 6000
-# characters, about 32 turns of a sentence or two).
+# characters, about 32 turns of a sentence or two). Events and finished tool calls are never
+# looked at again by the call; a few are kept for whoever reads the record afterwards.
 KEEP_TURNS = 32
-KEEP_EVENTS = 32
-KEEP_TOOL_CALLS = 16
+KEEP_EVENTS = 16
+KEEP_TOOL_CALLS = 8
 
 
 class EndReason(enum.StrEnum):

@@ -144,11 +144,15 @@ class _Soak:
         while loop.time() < self.end_at:
             call_id = self._free.popleft()
             self.placed += 1
-            caller = await self.dialer.place(client, call_id, self.callers.add)
-            if caller is None:
-                await self._close(None, call_id)
+            made: list[Caller] = []
+            caller = await self.dialer.place(client, call_id, made.append)
+            if caller is None:  # counted in the dialer's failures
+                for failed in made:
+                    await self._close(failed, None)
+                self._free.append(call_id)
                 await asyncio.sleep(RETRY_PLACE_S)
                 continue
+            self.callers.add(caller)
             length = self._rng.uniform(*self.soak.call_seconds)
             # Past the end by a little: the last sample sees every call still up.
             deadline = min(loop.time() + length, self.end_at + 0.5)
@@ -178,13 +182,14 @@ class _Soak:
             return "hung up after its model session was cut"
         return "hung up at the end of the soak" if loop.time() > self.end_at else "hung up"
 
-    async def _close(self, caller: Caller | None, call_id: int) -> None:
-        if caller is not None:
-            if not caller.closed.done():
-                caller.abort()
-                await asyncio.wait({caller.closed}, timeout=1.0)
-            self.callers.discard(caller)
-        self._free.append(call_id)
+    async def _close(self, caller: Caller, call_id: int | None) -> None:
+        """The call is over: its socket gone for good, its id free again (last in line)."""
+        if not caller.closed.done():
+            caller.abort()
+            await asyncio.wait({caller.closed}, timeout=1.0)
+        self.callers.discard(caller)
+        if call_id is not None:
+            self._free.append(call_id)
 
     # ---- samples -------------------------------------------------------------------------------
 
@@ -194,14 +199,15 @@ class _Soak:
         await asyncio.sleep(max(0.0, self.t0 - loop.time()))
         self.metrics.recording = True
         try:
+            # Each sample is filed at the time it was due (the loop wakes a little later).
             k = 0
             while (at := self.t0 + k * step) <= self.end_at + 1e-6:
                 await asyncio.sleep(max(0.0, at - loop.time()))
-                self._take(loop.time() - self.t0)
+                self._take(k * step)
                 k += 1
             if not self.samples or self.samples[-1].t < self.end_at - self.t0 - 1e-3:
                 await asyncio.sleep(max(0.0, self.end_at - loop.time()))
-                self._take(loop.time() - self.t0)
+                self._take(self.end_at - self.t0)
         finally:
             self.metrics.recording = False
             self._close_minutes(None)

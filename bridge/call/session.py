@@ -56,7 +56,7 @@ from bridge.call.effects import (
 from bridge.call.responses import ANSWER_TIMEOUT, Responses
 from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
-from bridge.record import CallEvent, CallRecord, EndReason, ToolCall, Turn
+from bridge.record import KEEP_TURNS, CallEvent, CallRecord, EndReason, ToolCall, Turn
 from bridge.settings import AudioMode
 from bridge.tools.config import KeyAction
 from bridge.tools.http import ToolResult
@@ -74,6 +74,7 @@ BACKOFF_MAX = 1.0
 ROLLOVER_LEAD = 120.0  # a session this close to its maximum age moves at the first quiet moment
 ROLLOVER_MARGIN = 10.0  # ...and this close, at once, quiet or not
 ROLLOVER_RETRY = 5.0  # a next session that could not be opened is tried again this much later
+KEEP_CUT_ITEMS = 16  # a late delta comes within moments of its cut, never 16 cuts later
 MAX_LOSSES = 4  # sessions lost within LOSS_WINDOW: past this, reconnecting is given up
 LOSS_WINDOW = 60.0
 RECENT_LOSS = 10.0  # a loss this soon after another reconnects after a backoff, not at once
@@ -115,7 +116,8 @@ class CallSession:
         self._responses = Responses()
         self._current_item: str | None = None
         self._audio_seen: set[str] = set()  # responses whose audio deltas reached us
-        self._dropped_items: set[str] = set()  # items a barge-in cut: late deltas are dropped
+        # Items a barge-in cut, the most recent few: their late deltas are dropped.
+        self._dropped_items: dict[str, None] = {}
         self._guarantee = SpeechGuarantee()
         self._speaking: set[int] = set()  # speech requests not yet answered
         self._turns: dict[str, Turn] = {}
@@ -537,7 +539,9 @@ class CallSession:
         self._framer.reset()
         self._current_item = None
         for cut in plan.truncations:
-            self._dropped_items.add(cut.item_id)
+            self._dropped_items[cut.item_id] = None
+            if len(self._dropped_items) > KEEP_CUT_ITEMS:
+                del self._dropped_items[next(iter(self._dropped_items))]
             turn = self._turns.get(cut.item_id)
             if turn is not None:
                 turn.interrupted = True
@@ -956,6 +960,8 @@ class CallSession:
 
     def _add_turn(self, out: list[Effect], turn: Turn) -> None:
         self._turns[turn.item_id] = turn
+        if len(self._turns) > KEEP_TURNS:  # as the record: older turns are with the recorder
+            del self._turns[next(iter(self._turns))]
         self.record.turns.append(turn)
         out.append(TurnChanged(turn))
 

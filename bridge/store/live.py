@@ -22,9 +22,11 @@ from bridge.store.rows import event_detail, tool_call_fields, turn_fields
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
-KEEP_EVENTS = 50  # per live call in the snapshot
-KEEP_TURNS = 20  # the latest turns of each live call (a long call must not grow the feed)
-KEEP_TOOL_CALLS = 20
+# The latest of each live call, for a new subscriber's snapshot (a long call must not grow the
+# feed); the dashboard keeps what arrives after it.
+KEEP_EVENTS = 20
+KEEP_TURNS = 20
+KEEP_TOOL_CALLS = 10
 
 
 def call_info(record: CallRecord, instance: str) -> dict[str, Any]:
