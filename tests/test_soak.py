@@ -3,6 +3,7 @@ smoke run of a few seconds (a bridge process, three calls replaced as they end).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -126,18 +127,22 @@ def test_minute_one_is_left_out() -> None:
     samples = timeline()
     # Start-up: 40 MB arrive during minute 1, then nothing more.
     jumped = [
-        Sample(
-            s.t,
-            s.rss + (int(40 * MB * s.t / 60) if s.t < 60 else 40 * MB),
-            s.fds,
-            s.tasks,
-            s.live,
-            s.ended,
-            s.cpu_s,
-        )
-        for s in samples
+        dataclasses.replace(s, rss=s.rss + int(40 * MB * min(s.t, 60.0) / 60.0)) for s in samples
     ]
     assert verdict(jumped, latency())["rss"]["flat"]
+
+
+def test_memory_that_settles_shows_no_slope_in_the_second_half() -> None:
+    # 6 MB over minutes 1 to 4 (the first calls' state filling up), then a plateau.
+    settling = [
+        dataclasses.replace(s, rss=s.rss + int(6 * MB * min(s.t, 240.0) / 240.0))
+        for s in timeline()
+    ]
+    rss = verdict(settling, latency())["rss"]
+    assert rss["mb_per_call_hour"] > RSS_FLAT_MB_PER_CALL_HOUR  # judged on the whole window
+    assert abs(rss["second_half_mb_per_call_hour"]) < RSS_FLAT_MB_PER_CALL_HOUR / 2
+    leaking = verdict(timeline(rss_per_s=0.5 * 1024 * CALLS), latency())["rss"]
+    assert leaking["second_half_mb_per_call_hour"] == pytest.approx(1.76, abs=0.2)
 
 
 def test_an_fd_leaked_per_call_is_caught() -> None:

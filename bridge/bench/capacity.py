@@ -158,6 +158,12 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+    # Read the stdout pipe to its end, so its transport is closed before the loop is: a loaded
+    # machine delivers the EOF late, and uvloop refuses to close a loop with the pipe open.
+    if process.stdout is not None:
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await process.stdout.read()
 
 
 def _add_instructions(result: dict[str, Any], total: int | None) -> None:

@@ -240,11 +240,13 @@ def _verdict_lines(judged: dict[str, Any]) -> list[str]:
     parts = []
     rss = judged["rss"]
     if rss is not None:
+        late = rss.get("second_half_mb_per_call_hour")
         parts.append(
             f"RSS {rss['mb_per_call_hour']:+.3f} MB per call-hour "
             f"(± {rss['stderr_mb_per_call_hour']:.3f}, {rss['mb_per_hour']:+.1f} MB/h at "
             f"{rss['mean_live']:g} calls; flat below {rss['limit_mb_per_call_hour']:g}): "
             + ("flat" if rss["flat"] else "GROWING")
+            + ("" if late is None else f"; over the second half {late:+.3f}")
         )
     for name in ("fds", "tasks"):
         part = judged[name]

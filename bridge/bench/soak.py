@@ -13,6 +13,10 @@ and calls still young. Over minutes 2..N:
   being replaced at the moment of a sample) plus one per hundred calls replaced in the window,
   so a leak of one per call is caught at once and one per hundred calls in a long soak;
 - latency: each way, the last minute's p99 within 1.5 times minute 2's, or 5 ms above it.
+
+The RSS slope over the second half of the window is given too (not judged): memory that settles
+(a plateau reached after a few minutes) shows a slope over the window and none in its second
+half; a leak shows both.
 """
 
 from __future__ import annotations
@@ -196,14 +200,18 @@ def verdict(samples: Sequence[Sample], latency: Mapping[int, MinuteLatency]) -> 
     judged["window_minutes"] = [first, last]
     judged["enough"] = True
     fit = linear_fit([(s.t, float(s.rss)) for s in window])
+    middle = (window[0].t + window[-1].t) / 2.0
+    late = linear_fit([(s.t, float(s.rss)) for s in window if s.t >= middle])
     live = _mean([s.live for s in window]) or 0.0
     if fit is not None and live > 0:
         per_call_hour = fit.slope * 3600.0 / MB / live
+        late_per_call_hour = None if late is None else late.slope * 3600.0 / MB / live
         judged["rss"] = {
             "mb_per_hour": round(fit.slope * 3600.0 / MB, 3),
             "mb_per_call_hour": round(per_call_hour, 4),
             "stderr_mb_per_call_hour": round(fit.stderr * 3600.0 / MB / live, 4),
             "kb_per_call_second": round(fit.slope / 1024.0 / live, 4),
+            "second_half_mb_per_call_hour": _round(late_per_call_hour, 4),
             "mean_live": round(live, 1),
             "limit_mb_per_call_hour": RSS_FLAT_MB_PER_CALL_HOUR,
             "flat": per_call_hour <= RSS_FLAT_MB_PER_CALL_HOUR,
