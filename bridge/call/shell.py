@@ -286,8 +286,11 @@ class Call:
 
     async def _watch_end(self) -> None:
         await self._ending.wait()
-        assert self._ended is not None
-        raise self._ended
+        ended = self._ended
+        assert ended is not None
+        # Raise a copy: the exception kept in self._ended must never carry a traceback whose
+        # frames hold self (a cycle that keeps every ended call until a full collection).
+        raise CallEnded(ended.reason, ended.detail, ended.next_step)
 
     async def _synthesize(self, request: Synthesize) -> None:
         session = self._session
