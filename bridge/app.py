@@ -201,9 +201,6 @@ class Bridge:
         form = await self._twilio_form(request)
         if isinstance(form, Response):
             return form
-        busy = self._busy(form, request.query_params.get("profile", ""))
-        if busy is not None:
-            return busy
         call_sid = form.get("CallSid", "")
         caller, called = form.get("From", ""), form.get("To", "")
         direction = form.get("Direction", "inbound") or "inbound"
@@ -213,6 +210,8 @@ class Bridge:
             direction=direction,
             requested=request.query_params.get("profile", ""),
         )
+        profile = routing.profile
+        refused = {"From": caller, "To": called, "Direction": direction, "Profile": profile.name}
         if not routing.admitted:
             logger.warning(
                 "refused call %s from %s to %s: %s",
@@ -221,38 +220,34 @@ class Bridge:
                 mask_number(called),
                 routing.reason,
             )
-            self.recorder.call_status(
-                call_sid,
-                "rejected",
-                {
-                    "From": caller,
-                    "To": called,
-                    "Direction": direction,
-                    "Profile": routing.profile.name,
-                    "Reason": routing.reason,
-                },
-            )
+            self.recorder.call_status(call_sid, "rejected", refused | {"Reason": routing.reason})
             return Response(refusal_twiml(direction), media_type=TWIML)
         if self.upstream_health.down(time.time()):
             # No assistant could speak on the stream: the caller hears the fallback at once.
             logger.warning(
                 "call %s answered with the fallback of profile %s: Realtime is down (%s)",
                 call_sid,
-                routing.profile.name,
+                profile.name,
                 self.upstream_health.last_problem,
             )
-            self.recorder.call_status(
+            reason = "fallback: the Realtime service cannot be reached"
+            self.recorder.call_status(call_sid, "rejected", refused | {"Reason": reason})
+            return Response(profile.fallback.twiml(), media_type=TWIML)
+        if not self.live_calls.admit(call_sid):
+            # At BRIDGE_MAX_CALLS: the profile's busy answer, never a `<Connect>`.
+            logger.warning(
+                "refused call %s from %s to %s: busy, %d/%s calls (profile %s)",
                 call_sid,
-                "rejected",
-                {
-                    "From": caller,
-                    "To": called,
-                    "Direction": direction,
-                    "Profile": routing.profile.name,
-                    "Reason": "fallback: the Realtime service cannot be reached",
-                },
+                mask_number(caller),
+                mask_number(called),
+                self.live_calls.occupied(),
+                self.live_calls.max_calls,
+                profile.name,
             )
-            return Response(routing.profile.fallback.twiml(), media_type=TWIML)
+            self.recorder.call_status(call_sid, "rejected", refused | {"Reason": "busy"})
+            metrics.call_refused("busy")
+            twiml = profile.busy.twiml(outbound=direction.startswith("outbound"))
+            return Response(twiml, media_type=TWIML)
         logger.info(
             "incoming call %s from %s to %s: profile %s (%s)",
             call_sid,
@@ -277,45 +272,6 @@ class Bridge:
             status_callback=base + STATUS_PATH,
             action=twilio.action_url(base),
         )
-        return Response(twiml, media_type=TWIML)
-
-    def _busy(self, form: ImmutableMultiDict[str, str], requested: str) -> Response | None:
-        """At BRIDGE_MAX_CALLS: the routed profile's busy answer, never a `<Connect>`. Otherwise
-        reserve the call's place (None). A caller its rules refuse, or one the fallback answers
-        while Realtime is down, is left to those answers and takes no place."""
-        if self.live_calls.max_calls is None or self.upstream_health.down(time.time()):
-            return None
-        call_sid = form.get("CallSid", "")
-        caller, called = form.get("From", ""), form.get("To", "")
-        direction = form.get("Direction", "inbound") or "inbound"
-        routing = self.numbers.current.route(
-            caller=caller, called=called, direction=direction, requested=requested
-        )
-        if not routing.admitted or self.live_calls.admit(call_sid):
-            return None
-        profile = routing.profile
-        logger.warning(
-            "refused call %s from %s to %s: busy, %d/%s calls (profile %s)",
-            call_sid,
-            mask_number(caller),
-            mask_number(called),
-            self.live_calls.occupied(),
-            self.live_calls.max_calls,
-            profile.name,
-        )
-        self.recorder.call_status(
-            call_sid,
-            "rejected",
-            {
-                "From": caller,
-                "To": called,
-                "Direction": direction,
-                "Profile": profile.name,
-                "Reason": "busy",
-            },
-        )
-        metrics.call_refused("busy")
-        twiml = profile.busy.twiml(outbound=direction.startswith("outbound"))
         return Response(twiml, media_type=TWIML)
 
     async def stream_ended(self, request: Request) -> Response:

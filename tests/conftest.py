@@ -18,7 +18,13 @@ from bridge.record import CallRecord, MemoryRecorder
 from bridge.server import serving
 from bridge.settings import Settings
 from bridge.sim.realtime_server import RealtimeSimulator
-from bridge.sim.twilio_caller import TwilioCaller, fetch_twiml, loopback_url, parse_stream
+from bridge.sim.twilio_caller import (
+    TwilioCaller,
+    fetch_twiml,
+    loopback_url,
+    parse_connect_action,
+    parse_stream,
+)
 
 
 @dataclasses.dataclass
@@ -44,9 +50,23 @@ class RunningBridge:
         **caller_options: Any,
     ) -> AsyncIterator[TwilioCaller]:
         """Dial in the way Twilio does: webhook first, then the stream its TwiML names."""
+        async with self.dial(from_=from_, to=to, **caller_options) as (caller, _):
+            yield caller
+
+    @contextlib.asynccontextmanager
+    async def dial(
+        self,
+        *,
+        from_: str = "+15550100001",
+        to: str = "+15550100000",
+        **caller_options: Any,
+    ) -> AsyncIterator[tuple[TwilioCaller, str]]:
+        """As `call`, also yielding the `<Connect action>` URL Twilio asks once the stream ends."""
         call_sid = "CA" + os.urandom(16).hex()
         status, twiml = await fetch_twiml(self.base, from_=from_, to=to, call_sid=call_sid)
         assert status == 200, twiml
+        action = parse_connect_action(twiml)
+        assert action is not None
         url, parameters = parse_stream(twiml)
         async with TwilioCaller(
             loopback_url(url, self.base),
@@ -54,7 +74,7 @@ class RunningBridge:
             call_sid=call_sid,
             **caller_options,
         ) as caller:
-            yield caller
+            yield caller, action
 
     async def finished(self, call_sid: str, timeout: float = 5.0) -> CallRecord:
         """The call's record once the bridge has finalised it."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,9 @@ from bridge.sim.analysis import active_segments, dominant_frequency
 from bridge.sim.realtime_server import Mode, RealtimeSimulator
 from bridge.sim.signals import from_pcm16, silence, tone
 from bridge.sim.twilio_caller import (
-    TwilioCaller,
     fetch_action,
     fetch_twiml,
-    loopback_url,
-    parse_connect_action,
     parse_next_step,
-    parse_stream,
 )
 from tests.conftest import RunningBridge, make_settings
 from tests.ga_types import GA_CLIENT_STRICT
@@ -63,20 +58,6 @@ async def survivor(
         yield RunningBridge(base, app, recorder, settings)
 
 
-@contextlib.asynccontextmanager
-async def dial(bridge: RunningBridge) -> AsyncIterator[tuple[TwilioCaller, str]]:
-    call_sid = "CA" + os.urandom(16).hex()
-    status, twiml = await fetch_twiml(bridge.base, from_=CALLER, to=CALLED, call_sid=call_sid)
-    assert status == 200, twiml
-    action = parse_connect_action(twiml)
-    assert action is not None
-    url, parameters = parse_stream(twiml)
-    async with TwilioCaller(
-        loopback_url(url, bridge.base), custom_parameters=parameters, call_sid=call_sid
-    ) as caller:
-        yield caller, action
-
-
 def utterance(freq: float = 300.0, seconds: float = 0.6) -> np.ndarray:
     return np.concatenate([tone(freq, seconds, RATE_IN, 0.4), silence(0.8, RATE_IN)])
 
@@ -96,7 +77,7 @@ async def test_a_lost_session_is_replaced_within_1_s_and_knows_the_conversation(
     config.replies = ("Thanks, I found order 42.", "Yes, it shipped on Monday.")
     config.reply_audio = lambda turn: tone(1000, 0.5, RATE_MODEL, 0.5)
     before = reconnects("reconnected")
-    async with survivor(simulator, tmp_path) as bridge, dial(bridge) as (caller, _):
+    async with survivor(simulator, tmp_path) as bridge, bridge.dial() as (caller, _):
         first = await simulator.wait_for_session(0)
         await caller.say_and_wait(utterance())
         await first.wait_for_sent("response.done", timeout=10)
@@ -151,7 +132,7 @@ async def test_when_no_session_comes_back_the_fallback_dials_a_person(
     before = reconnects("failed")
     async with (
         survivor(simulator, tmp_path, budget=1.5) as bridge,
-        dial(bridge) as (caller, action),
+        bridge.dial() as (caller, action),
     ):
         loop = asyncio.get_running_loop()
         first = await simulator.wait_for_session(0)
@@ -184,7 +165,7 @@ async def test_a_service_that_refuses_us_gets_the_fallback_at_the_webhook(
 ) -> None:
     simulator.config.mode = Mode.REJECT_CONNECT  # the key is refused: HTTP 403
     async with survivor(simulator, tmp_path) as bridge:
-        async with dial(bridge) as (caller, action):
+        async with bridge.dial() as (caller, action):
             await caller.wait_closed(timeout=10)
         status, twiml = await fetch_action(
             action, bridge.base, call_sid=caller.call_sid, from_=CALLER, to=CALLED
@@ -209,7 +190,7 @@ async def test_an_expired_session_is_renewed_and_the_call_goes_on(
     config = simulator.config
     config.session_max_seconds = 2.0
     config.reply_audio = lambda turn: tone(1000, 0.4, RATE_MODEL, 0.5)
-    async with survivor(simulator, tmp_path) as bridge, dial(bridge) as (caller, _):
+    async with survivor(simulator, tmp_path) as bridge, bridge.dial() as (caller, _):
         first = await simulator.wait_for_session(0)
         await first.closed.wait()
         second = await simulator.wait_for_session(1, timeout=5)
@@ -228,7 +209,7 @@ async def test_a_caller_stream_that_goes_silent_is_ended_and_its_session_closed(
 ) -> None:
     async with (
         survivor(simulator, tmp_path, caller_timeout_seconds=1.0) as bridge,
-        dial(bridge) as (caller, _),
+        bridge.dial() as (caller, _),
     ):
         session = await simulator.wait_for_session(0)
         await asyncio.sleep(0.3)
@@ -261,7 +242,7 @@ async def test_a_session_near_its_cap_is_replaced_without_losing_a_reply(
     app = create_app(settings, recorder=recorder, profile_for=lambda start: profile)
     async with serving(app) as base:
         bridge = RunningBridge(base, app, recorder, settings)
-        async with dial(bridge) as (caller, _):
+        async with bridge.dial() as (caller, _):
             first = await simulator.wait_for_session(0)
             await caller.say_and_wait(utterance())
             second = await simulator.wait_for_session(1, timeout=10)

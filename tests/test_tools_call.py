@@ -103,21 +103,6 @@ async def tool_bridge(
         yield RunningBridge(base, app, recorder, settings)
 
 
-@contextlib.asynccontextmanager
-async def dial(bridge: RunningBridge, **options: Any) -> AsyncIterator[tuple[TwilioCaller, str]]:
-    """The voice webhook, then the stream; yields the caller and the `<Connect action>` URL."""
-    call_sid = "CA" + os.urandom(16).hex()
-    status, twiml = await fetch_twiml(bridge.base, from_=CALLER, to=CALLED, call_sid=call_sid)
-    assert status == 200, twiml
-    action = parse_connect_action(twiml)
-    assert action is not None
-    url, parameters = parse_stream(twiml)
-    async with TwilioCaller(
-        loopback_url(url, bridge.base), custom_parameters=parameters, call_sid=call_sid, **options
-    ) as caller:
-        yield caller, action
-
-
 def utterance(seconds: float = 0.6) -> np.ndarray:
     return np.concatenate([tone(300, seconds, RATE_IN, 0.4), silence(0.8, RATE_IN)])
 
@@ -188,7 +173,7 @@ async def test_a_tool_call_runs_over_http_and_its_answer_is_spoken(
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, _),
+        bridge.dial() as (caller, _),
     ):
         session = await simulator.wait_for_session()
         await caller.say_and_wait(utterance())
@@ -245,7 +230,7 @@ async def test_a_failing_tool_gives_an_error_output_and_the_call_goes_on(
             url = f"http://127.0.0.1:{closed_port()}/orders"
         async with (
             tool_bridge(simulator, tmp_path, monkeypatch, url, timeout=0.5) as bridge,
-            dial(bridge) as (caller, _),
+            bridge.dial() as (caller, _),
         ):
             session = await simulator.wait_for_session()
             await caller.say_and_wait(utterance())
@@ -284,7 +269,7 @@ async def test_a_slow_tool_gets_a_holding_phrase_heard_within_2_s(
         service.delays["/orders"] = 3.5
         async with (
             tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-            dial(bridge) as (caller, _),
+            bridge.dial() as (caller, _),
         ):
             session = await simulator.wait_for_session()
             await caller.say_and_wait(utterance())
@@ -321,7 +306,7 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard_in_full(
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, action),
+        bridge.dial() as (caller, action),
     ):
         await caller.say_and_wait(utterance())
         await caller.wait_closed(timeout=10)  # the bridge hangs up
@@ -444,7 +429,7 @@ async def test_a_call_the_caller_hung_up_is_answered_with_a_hangup(
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
     ):
-        async with dial(bridge) as (caller, action):
+        async with bridge.dial() as (caller, action):
             await caller.hangup()
         status, twiml = await fetch_action(
             action, bridge.base, call_sid=caller.call_sid, from_=CALLER, to=CALLED
@@ -465,7 +450,7 @@ async def test_a_keypad_transfer_acts_at_once(
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, action),
+        bridge.dial() as (caller, action),
     ):
         await caller.say_and_wait(utterance())
         await caller.wait_for_playback(0.5, timeout=10)
@@ -509,7 +494,7 @@ async def test_mcp_servers_are_offered_and_their_calls_recorded(
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, _),
+        bridge.dial() as (caller, _),
     ):
         session = await simulator.wait_for_session()
         await caller.say_and_wait(utterance())
@@ -548,7 +533,7 @@ async def test_one_call_runs_at_most_4_tools_at_once(
         service.delays["/orders"] = 0.6
         async with (
             tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-            dial(bridge) as (caller, _),
+            bridge.dial() as (caller, _),
         ):
             session = await simulator.wait_for_session()
             await caller.say_and_wait(utterance())
@@ -578,7 +563,7 @@ async def test_a_transfer_to_an_unknown_destination_is_refused_and_the_call_goes
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, _),
+        bridge.dial() as (caller, _),
     ):
         session = await simulator.wait_for_session()
         await caller.say_and_wait(utterance())
@@ -601,7 +586,7 @@ async def test_a_keypad_end_call_hangs_up_at_once(
     async with (
         ToolService() as service,
         tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
-        dial(bridge) as (caller, action),
+        bridge.dial() as (caller, action),
     ):
         await asyncio.sleep(0.3)
         await caller.press("9")

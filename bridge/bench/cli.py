@@ -9,11 +9,8 @@ import asyncio
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bridge.bench.capacity import Options
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -240,52 +237,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         database_url=args.database_url,
     )
     if args.soak is not None:
-        return _soak(args, options, calls)
-    try:
-        with asyncio.Runner(loop_factory=_generator_loop()) as runner:
-            result = runner.run(capacity.run(options))
-    except capacity.BenchError as exc:
-        print(f"bridge bench: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"bridge bench: {exc}", file=sys.stderr)
-        return 2
-    print(report.table(result))
-    json_path, chart_path = args.json or DEFAULT_JSON, args.chart or DEFAULT_CHART
-    report.write_json(result, json_path)
-    print(f"\nreport: {json_path}")
-    if report.chart(result, chart_path):
-        print(f"chart: {chart_path}")
-    else:
-        print("chart: skipped (matplotlib missing: install the `bench` extra)")
-    return 0
+        from bridge.bench import churn
 
-
-def _soak(args: argparse.Namespace, options: Options, calls: int) -> int:
-    from bridge.bench import capacity, churn, report
-
-    soak = churn.SoakOptions(
-        minutes=args.soak,
-        calls=calls,
-        call_seconds=args.call_seconds,
-        sample_seconds=args.sample_seconds,
-        drop_every=args.drop_every,
-        tool_every=args.tool_every,
+        soak = churn.SoakOptions(
+            minutes=args.soak,
+            calls=calls,
+            call_seconds=args.call_seconds,
+            sample_seconds=args.sample_seconds,
+            drop_every=args.drop_every,
+            tool_every=args.tool_every,
+        )
+        return _run_and_report(
+            churn.run(options, soak),
+            report.soak_table,
+            report.soak_chart,
+            args.json or SOAK_JSON,
+            args.chart or SOAK_CHART,
+        )
+    return _run_and_report(
+        capacity.run(options),
+        report.table,
+        report.chart,
+        args.json or DEFAULT_JSON,
+        args.chart or DEFAULT_CHART,
     )
+
+
+def _run_and_report(
+    run: Coroutine[Any, Any, dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    chart: Callable[[dict[str, Any], str], bool],
+    json_path: str,
+    chart_path: str,
+) -> int:
+    """Run a benchmark on the generator's loop, then print its table and write its files."""
+    from bridge.bench import capacity, report
+
     try:
         with asyncio.Runner(loop_factory=_generator_loop()) as runner:
-            result = runner.run(churn.run(options, soak))
+            result = runner.run(run)
     except capacity.BenchError as exc:
         print(f"bridge bench: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"bridge bench: {exc}", file=sys.stderr)
         return 2
-    print(report.soak_table(result))
-    json_path, chart_path = args.json or SOAK_JSON, args.chart or SOAK_CHART
+    print(table(result))
     report.write_json(result, json_path)
     print(f"\nreport: {json_path}")
-    if report.soak_chart(result, chart_path):
+    if chart(result, chart_path):
         print(f"chart: {chart_path}")
     else:
         print("chart: skipped (matplotlib missing: install the `bench` extra)")
