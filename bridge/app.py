@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -31,11 +32,16 @@ from bridge.errors import ConfigError, ProtocolViolation
 from bridge.logs import mask_number
 from bridge.profiles import Profile
 from bridge.record import MemoryRecorder, Recorder
+from bridge.recording.store import RecordingStore, store_from_settings
 from bridge.settings import Settings
 from bridge.tools.http import ToolRunner
 from bridge.tts import SpeechClient
 from bridge.upstream import UpstreamHealth
 from bridge.web.auth import Access, Guard
+from bridge.webhooks.signing import check_secret
+
+if TYPE_CHECKING:
+    from bridge.webhooks.sender import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,9 @@ def refusal_twiml(direction: str) -> str:
     return twilio.reject_twiml()
 
 
+RECOVER_RECORDINGS_EVERY = 300.0  # seconds between uploads of what the spool holds
+
+
 class Bridge:
     """Process-wide state the routes share: settings, profiles, recorder, live calls."""
 
@@ -101,11 +110,17 @@ class Bridge:
                 "Development only; BRIDGE_ENV=production refuses to start like this."
             )
         self.numbers = numbers.Numbers(settings)
+        check_secret(  # a webhook URL needs BRIDGE_CALL_WEBHOOK_SECRET in production
+            settings, (p.call_webhook_url for p in self.numbers.current.profiles.values())
+        )
+        # The post-call webhook's sender; `bridge serve` sets it when the call log is in use.
+        self.webhooks: WebhookSender | None = None
         self.guard = Guard(settings)
         self._exposition = metrics.metrics_endpoint(None)
         self._choose_profile = profile_for
         # The live calls, and BRIDGE_MAX_CALLS: places the webhook reserved count until they end.
         self.live_calls = Admission(settings.max_calls)
+        metrics.set_max_calls(settings.max_calls)  # for "near its call limit" alerts
         self.loop_lag = LoopLag(settings.event_loop_lag_limit_ms)
         self.speech: SpeechClient | None = None
         self.tools: ToolRunner | None = None
@@ -113,6 +128,11 @@ class Bridge:
         # it through the call log's database, so any worker or replica can answer.
         self.next_steps: NextSteps = MemoryNextSteps()
         self.upstream_health = UpstreamHealth()
+        # Where calls whose profile says `record = true` leave their WAV (bridge/recording).
+        self.recordings: RecordingStore = store_from_settings(
+            settings.recordings_dir, settings.recordings_url
+        )
+
         # Extra readiness checks (e.g. the call log's database): each returns a problem or None.
         self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = [
             self.live_calls.check,
@@ -128,14 +148,41 @@ class Bridge:
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(self.numbers.watch(), name="numbers-watch")
                     lag = tg.create_task(self.loop_lag.run(), name="loop-lag")
+                    recover = tg.create_task(self._recover_recordings(), name="recordings")
+                    sender = None
+                    if self.webhooks is not None:
+                        sender = tg.create_task(self.webhooks.run(), name="webhook-sender")
                     try:
                         yield
                     finally:
                         watcher.cancel()
                         lag.cancel()
+                        recover.cancel()
+                        if sender is not None:
+                            sender.cancel()
         finally:
             await self.speech.aclose()
             await self.tools.aclose()
+            await self.recordings.aclose()
+
+    def webhooks_configured(self) -> bool:
+        """A post-call webhook URL is set (the environment, or a profile of the numbers file)."""
+        if self.settings.call_webhook_url:
+            return True
+        return any(p.call_webhook_url for p in self.numbers.current.profiles.values())
+
+    async def _recover_recordings(self) -> None:
+        """Recordings a crash (or a failed upload) left in the bucket store's spool are
+        uploaded: at start, then every few minutes. Never raises."""
+        while True:
+            try:
+                count = await self.recordings.recover()
+            except Exception as exc:
+                logger.error("could not recover recordings left in the spool: %r", exc)
+            else:
+                if count:
+                    logger.info("uploaded %d recording(s) left in the spool", count)
+            await asyncio.sleep(RECOVER_RECORDINGS_EVERY)
 
     def public_base(self, connection: HTTPConnection) -> str:
         """The base URL Twilio reaches us at (configured, forwarded, or the Host header)."""
@@ -344,6 +391,7 @@ class Bridge:
             tools=self.tools,
             next_steps=self.next_steps,
             upstream_health=self.upstream_health,
+            recordings=self.recordings,
         )
         call = Call(websocket, services)
         self.live_calls.add(call)

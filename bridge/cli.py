@@ -1,4 +1,4 @@
-"""Command line: `bridge serve | demo | bench | calls | db | numbers | twilio`.
+"""Command line: `bridge serve | demo | bench | calls | db | numbers | twilio | webhooks`.
 
 Each command group lives beside the code it drives; this module only dispatches, importing a
 group's module when it runs, so `bridge serve` never loads the benchmark or the dashboard.
@@ -19,10 +19,11 @@ from bridge.settings import Settings
 # command -> (module with `main(argv: list[str]) -> int`, help)
 DELEGATED: dict[str, tuple[str, str]] = {
     "bench": ("bridge.bench.cli", "capacity/latency benchmark; `bench audio`: transcoder"),
-    "calls": ("bridge.store.cli", "call log: list, show, tail, export, prune"),
+    "calls": ("bridge.store.cli", "call log: list, show, tail, export, recording, prune"),
     "db": ("bridge.store.dbcli", "database: upgrade (apply migrations)"),
     "numbers": ("bridge.numbers_cli", "per-number profiles: list, check, reload"),
     "twilio": ("bridge.twilio_cli", "Twilio REST: attach a number, place an outbound call"),
+    "webhooks": ("bridge.webhooks.cli", "post-call webhooks: list, redeliver"),
 }
 
 
@@ -65,20 +66,28 @@ async def serve(
     """
     from bridge import metrics
     from bridge.app import create_app
+    from bridge.recording.store import store_from_settings
     from bridge.server import BridgeServer, EmbeddedServer, uvicorn_config
     from bridge.store import CallLog
     from bridge.web import admin_routes
+    from bridge.webhooks.sender import WebhookSender
 
     call_log = CallLog.from_settings(settings)
     async with call_log:  # SQLite: migrated; PostgreSQL: the schema must be current
+        recordings = store_from_settings(settings.recordings_dir, settings.recordings_url)
         app = create_app(
-            settings, recorder=call_log.recorder, routes=admin_routes(settings, call_log)
+            settings,
+            recorder=call_log.recorder,
+            routes=admin_routes(settings, call_log, recordings=recordings),
         )
         bridge = app.state.bridge
+        bridge.recordings = recordings  # one store (one S3 client) for calls and the API
         bridge.readiness_checks.append(call_log.readiness)
         if bridge.signatures is not None:  # stream tokens: single use across every replica
             bridge.signatures.ledger = call_log.stream_tokens
         bridge.next_steps = call_log.next_steps  # steps after the stream, seen by every worker
+        bridge.webhooks = WebhookSender.for_call_log(call_log, settings)  # post-call webhooks
+        bridge.webhooks.wanted = bridge.webhooks_configured
 
         async def drain() -> None:
             await bridge.drain()

@@ -2,8 +2,9 @@
 
 The real server runs on a loopback port with the Realtime simulator as its upstream and a small
 HTTP service as the assistant's tool; a simulated Twilio caller dials in, speaks, hears the
-reply, talks over it once, asks something the assistant looks up with its tool, says goodbye,
-and hears the assistant's goodbye before the assistant hangs up (`end_call`).
+reply, talks over it once, asks something the assistant looks up with its tool, leaves a phone
+number (redacted in the call log), says goodbye, and hears the assistant's goodbye before the
+assistant hangs up (`end_call`). The call is recorded: a two-channel WAV under ./data/recordings.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import json
 import logging
 import os
 import tempfile
+import wave
 from pathlib import Path
 
 from bridge import logs
 from bridge.app import create_app
 from bridge.record import CallRecord, EndReason, FanOutRecorder, MemoryRecorder
+from bridge.redact import redact
 from bridge.server import serving
 from bridge.settings import Settings
 from bridge.sim.analysis import active_segments
@@ -39,7 +42,7 @@ from bridge.store import CallLog
 CALLER_LINES = (
     "Hi Tyler, how's it going?",
     "Sorry, one more thing. What time do you open on Saturday?",
-    "Great, thank you. Bye!",
+    "Great, thank you. Call me back on 555 010 0199 if anything changes. Bye!",
 )
 ASSISTANT_LINES = (
     "Hi! I'm doing great, thanks for asking. I'm the assistant for this line, and I can help "
@@ -57,6 +60,8 @@ NUMBERS = """
 instructions = "You are the front desk of Example Co. Answer briefly."
 greeting = ""
 end_call = true
+record = true
+redact = ["phone", "card", "email"]
 
 [[profiles.default.tools]]
 name = "opening_hours"
@@ -109,7 +114,8 @@ async def run_demo(wav_path: str, *, verbose: bool = False) -> int:
                     record, caller, next_step = await _place_call(base, memory)
     Path(wav_path).parent.mkdir(parents=True, exist_ok=True)
     caller.write_heard_wav(wav_path)
-    return _report(record, caller, next_step, wav_path, settings.database_url)
+    recordings = Path(settings.recordings_dir)
+    return _report(record, caller, next_step, wav_path, settings.database_url, recordings)
 
 
 async def _place_call(
@@ -139,11 +145,11 @@ async def _place_call(
             action, base, call_sid=call_sid, from_=caller_number, to=called
         )
         next_step = parse_next_step(after) if status == 200 else [{"verb": f"HTTP {status}"}]
-    # The bridge finalises the record right after the socket closes.
-    for _ in range(250):
-        record = recorder.find(call_sid)
-        if record is not None and record.end_reason is not None:
-            return record, caller, next_step
+    # The bridge finalises the record (and saves the recording) right after the socket closes.
+    for _ in range(500):
+        for record in recorder.finished:
+            if record.call_sid == call_sid:
+                return record, caller, next_step
         await asyncio.sleep(0.02)
     raise RuntimeError("the bridge never finalised the call record")
 
@@ -154,6 +160,7 @@ def _report(
     next_step: list[dict[str, str]],
     wav_path: str,
     database: str,
+    recordings: Path,
 ) -> int:
     speech_kind = "espeak-ng speech" if has_espeak() else "synthetic speech (espeak-ng not found)"
     print(f"bridge demo: one simulated call over real sockets ({speech_kind})\n")
@@ -162,9 +169,10 @@ def _report(
     for turn in record.turns:
         end = f"{turn.ended_at:6.2f}" if turn.ended_at is not None else "   ..."
         if turn.role == "caller":
-            rows.append((turn.started_at, f"{turn.started_at:6.2f}-{end}  caller     {turn.text}"))
+            text = redact(turn.text, record.redact)  # as the call log shows it
+            rows.append((turn.started_at, f"{turn.started_at:6.2f}-{end}  caller     {text}"))
             continue
-        text = turn.text
+        text = redact(turn.text, record.redact)
         if turn.interrupted and turn.heard_ms is not None and turn.audio_ms > 0:
             # Where the cut falls in the words is estimated by the share of audio heard.
             cut = round(len(text) * min(1.0, turn.heard_ms / turn.audio_ms))
@@ -204,6 +212,9 @@ def _report(
     print(f"the caller heard {heard_seconds:.1f} s of assistant audio -> {wav_path}")
     print("then Twilio was told: " + " ".join(step["verb"] for step in next_step))
     print(f"call log: {database} (see it with `./dev bridge calls show {record.call_sid}`)")
+    recording = recordings / record.recording if record.recording else None
+    if recording is not None:
+        print(f"recording: {recording} (left: the caller, right: the assistant as heard)")
     problems = []
     if record.end_reason is not EndReason.ASSISTANT_HANGUP:
         problems.append(f"call ended by {record.end_reason}, not by the assistant's end_call")
@@ -220,11 +231,24 @@ def _report(
         problems.append("the caller heard (almost) nothing")
     if caller.protocol_errors:
         problems.append(f"Twilio-side protocol errors: {caller.protocol_errors[:3]}")
+    problems += _recording_problems(recording, record.duration)
     for problem in problems:
         print(f"FAILED: {problem}")
     if not problems:
         print("OK")
     return 1 if problems else 0
+
+
+def _recording_problems(path: Path | None, call_seconds: float) -> list[str]:
+    """The recording holds the whole call, on two channels."""
+    if path is None or not path.is_file():
+        return ["the call was not recorded"]
+    with wave.open(str(path)) as wav:
+        seconds = wav.getnframes() / wav.getframerate()
+        channels = wav.getnchannels()
+    if channels != 2 or abs(seconds - call_seconds) > 1.0:
+        return [f"the recording has {channels} channels and {seconds:.1f} s of {call_seconds:.1f}"]
+    return []
 
 
 if __name__ == "__main__":  # pragma: no cover

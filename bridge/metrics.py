@@ -49,6 +49,7 @@ __all__ = [
     "EVENT_LOOP_LAG",
     "HOLDING_PHRASES",
     "LIVE_CALLS",
+    "MAX_CALLS",
     "METRICS",
     "PROTOCOL_ERRORS",
     "QUEUE_DEPTH",
@@ -56,6 +57,7 @@ __all__ = [
     "REALTIME_ERRORS",
     "RECONNECTS",
     "RECONNECT_GAP",
+    "RECORDINGS",
     "REGISTRY",
     "SAMPLE_EVERY",
     "TEXT_ONLY_RECOVERIES",
@@ -65,6 +67,9 @@ __all__ = [
     "TRANSCODE_MODEL_TO_CALLER",
     "TRANSCODE_SECONDS",
     "TRANSFERS",
+    "WEBHOOK_BACKLOG",
+    "WEBHOOK_DELIVERIES",
+    "WEBHOOK_SECONDS",
     "Sampled",
     "barge_in",
     "call_ended",
@@ -76,6 +81,7 @@ __all__ = [
     "realtime_error",
     "render",
     "set_draining",
+    "set_max_calls",
     "text_only_recovery",
     "tool_call",
     "watch_queue",
@@ -117,6 +123,13 @@ GCCollector(registry=REGISTRY)
 LIVE_CALLS = Gauge(
     "bridge_live_calls",
     "Calls in progress (summed over worker processes).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+MAX_CALLS = Gauge(
+    "bridge_max_calls",
+    "The process's BRIDGE_MAX_CALLS; 0 when unlimited (summed over worker processes, like "
+    "bridge_live_calls, so their ratio is how full the server is).",
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
@@ -238,9 +251,35 @@ EVENT_LOOP_LAG = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     registry=REGISTRY,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "bridge_webhook_deliveries",
+    "Post-call webhook attempts, by outcome (delivered; retried: failed, will be tried again; "
+    "failed: given up after 24 h).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "bridge_webhook_backlog",
+    "Post-call webhook deliveries waiting to be made (the outbox, shared by all replicas).",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+WEBHOOK_SECONDS = Histogram(
+    "bridge_webhook_delivery_seconds",
+    "How long one post-call webhook attempt took (the receiver's answer, or the 10 s timeout).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+RECORDINGS = Counter(
+    "bridge_recordings",
+    "Call recordings, by outcome (saved; failed: storage refused it, see the log).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     LIVE_CALLS,
+    MAX_CALLS,
     CALLS_ENDED,
     CALL_DURATION,
     ADDED_LATENCY,
@@ -262,6 +301,10 @@ METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     DRAINING,
     CALLS_REFUSED,
     EVENT_LOOP_LAG,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_BACKLOG,
+    WEBHOOK_SECONDS,
+    RECORDINGS,
 )
 
 # Every known label value exists from the start at 0, so rate() and alerts see the first event.
@@ -279,6 +322,10 @@ for _refusal in REFUSAL_REASONS:
     CALLS_REFUSED.labels(reason=_refusal)
 for _outcome in ("reconnected", "failed"):
     RECONNECTS.labels(outcome=_outcome)
+for _outcome in ("delivered", "retried", "failed"):
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
+for _outcome in ("saved", "failed"):
+    RECORDINGS.labels(outcome=_outcome)
 
 
 T = TypeVar("T")
@@ -384,6 +431,11 @@ def tool_call(name: str, kind: str, outcome: str, seconds: float | None) -> None
 
 def set_draining(draining: bool) -> None:
     DRAINING.set(1 if draining else 0)
+
+
+def set_max_calls(max_calls: int | None) -> None:
+    """The call limit the app enforces (None: unlimited, exported as 0)."""
+    MAX_CALLS.set(max_calls or 0)
 
 
 def watch_queue(queue: str, depth: Callable[[], int]) -> None:

@@ -13,8 +13,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from bridge.fallback import DEFAULT_FALLBACK_SAY, Busy, Fallback
+from bridge.redact import REDACT_KINDS
 from bridge.settings import AudioMode, Settings
 from bridge.tools.config import ProfileTools
 
@@ -122,6 +124,10 @@ class Profile:
     session_max_pinned: bool = False
     fallback: Fallback = dataclasses.field(default_factory=Fallback)  # model cannot be reached
     busy: Busy = dataclasses.field(default_factory=Busy)  # the process is at BRIDGE_MAX_CALLS
+    record: bool = False  # a two-channel WAV of the call (bridge/recording)
+    recording_retention_days: float | None = None  # `bridge calls prune` deletes older ones
+    call_webhook_url: str = ""  # where finished calls are POSTed (default BRIDGE_CALL_WEBHOOK_URL)
+    redact: frozenset[str] = frozenset()  # of REDACT_KINDS: replaced in every stored text
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "default") -> Profile:
@@ -144,6 +150,8 @@ class Profile:
             reconnect_seconds=settings.reconnect_seconds,
             session_max_seconds=settings.session_max_seconds,
             session_max_pinned="session_max_seconds" in settings.model_fields_set,
+            record=settings.record,
+            call_webhook_url=settings.call_webhook_url or "",
         )
 
 
@@ -172,6 +180,10 @@ PROFILE_FIELDS = (
     "session_max_seconds",
     "fallback",
     "busy",
+    "record",
+    "recording_retention_days",
+    "call_webhook_url",
+    "redact",
 )
 _SERVER_VAD_ONLY = ("threshold", "prefix_padding_ms", "silence_duration_ms")
 
@@ -292,6 +304,12 @@ def profile_from_table(
     audio_mode = fields.choice("audio_mode", "audio_mode", tuple(mode.value for mode in AudioMode))
     seconds = fields.number("max_call_seconds", "max_call_seconds", 1, 86_400)
     keep = fields.boolean("keep_transcripts", "keep_transcripts")
+    record = fields.boolean("record", "record")
+    retention = fields.number("recording_retention_days", "recording_retention_days", 0, 36_500)
+    webhook = fields.string("call_webhook_url", "call_webhook_url")
+    if webhook and not _is_http_url(webhook):
+        fields.problem("call_webhook_url", f"must be an http:// or https:// URL, got {webhook!r}")
+        webhook = None
     reconnect = fields.number("reconnect_seconds", "reconnect_seconds", 0.5, 120)
     session_max = fields.number("session_max_seconds", "session_max_seconds", 60, 86_400)
     if inherit.session_max_pinned:
@@ -305,6 +323,9 @@ def profile_from_table(
         ("keep_transcripts", keep),
         ("reconnect_seconds", reconnect),
         ("session_max_seconds", session_max),
+        ("record", record),
+        ("recording_retention_days", retention),
+        ("call_webhook_url", webhook),
     ):
         if value is not None:
             changes[key] = value
@@ -332,7 +353,20 @@ def profile_from_table(
     changes["tools"] = tools_from_table(fields, inherit.tools)
     changes["fallback"] = _fallback(fields, inherit.fallback)
     changes["busy"] = _busy(fields, inherit.busy)
+    kinds = fields.strings("redact", "redact")
+    if kinds is not None:
+        unknown = [kind for kind in kinds if kind not in REDACT_KINDS]
+        if unknown:
+            allowed = ", ".join(json.dumps(kind) for kind in REDACT_KINDS)
+            fields.problem("redact", f"unknown {json.dumps(unknown[0])}; use any of {allowed}")
+        else:
+            changes["redact"] = frozenset(kinds)
     return dataclasses.replace(inherit, **changes)
+
+
+def _is_http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _read_instructions(path: Path, fields: Fields) -> str | None:

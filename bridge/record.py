@@ -166,6 +166,10 @@ class CallRecord:
     profile: str = ""
     direction: str = "inbound"
     keep_transcripts: bool = True  # the profile's privacy switch; the store honours it
+    redact: frozenset[str] = frozenset()  # the profile's redactions (bridge/redact.py)
+    webhook_url: str = ""  # where the post-call webhook goes ("" = none)
+    recording: str = ""  # the WAV's key in the recording store ("" = not recorded)
+    recording_bytes: int = 0
     model: str = ""
     voice: str = ""
     started_at: float = dataclasses.field(default_factory=time.time)  # wall clock, epoch seconds

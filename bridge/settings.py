@@ -72,6 +72,11 @@ ENVIRONMENT: dict[str, str] = {
     "BRIDGE_SESSION_MAX_SECONDS": "session_max_seconds",
     "BRIDGE_EVENT_LOOP_LAG_LIMIT_MS": "event_loop_lag_limit_ms",
     "BRIDGE_CALLER_TIMEOUT_SECONDS": "caller_timeout_seconds",
+    "BRIDGE_RECORD": "record",
+    "BRIDGE_RECORDINGS_DIR": "recordings_dir",
+    "BRIDGE_RECORDINGS_URL": "recordings_url",
+    "BRIDGE_CALL_WEBHOOK_URL": "call_webhook_url",
+    "BRIDGE_CALL_WEBHOOK_SECRET": "call_webhook_secret",
 }
 
 
@@ -124,6 +129,14 @@ class Settings(BaseModel):
     session_max_seconds: float = Field(default=3300.0, ge=60, le=86_400)
     # A Media Stream with no message for this long is dead (Twilio sends media every 20 ms).
     caller_timeout_seconds: float = Field(default=5.0, ge=0.5, le=300)
+    # Recordings: the default profile's `record`, and where WAVs go (a directory, or an
+    # S3-compatible bucket `s3://bucket/prefix`, which wins when set; with replicas use a bucket).
+    record: bool = False
+    recordings_dir: str = "./data/recordings"
+    recordings_url: str | None = None
+    # Post-call webhook: every finished call is POSTed here, signed with the secret (HMAC-SHA256).
+    call_webhook_url: str | None = None  # a profile's call_webhook_url overrides it
+    call_webhook_secret: SecretStr | None = None
 
     @field_validator("openai_api_key")
     @classmethod
@@ -140,7 +153,17 @@ class Settings(BaseModel):
             raise ValueError(f"must be a ws:// or wss:// URL, got {value!r}")
         return value
 
-    @field_validator("public_url", "tts_url")
+    @field_validator("recordings_url")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"must be an s3://bucket/prefix URL, got {value!r}")
+        return value
+
+    @field_validator("public_url", "tts_url", "call_webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

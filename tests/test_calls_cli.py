@@ -158,7 +158,7 @@ async def test_db_upgrade_and_current(tmp_path: Path) -> None:
     assert "needs `bridge db upgrade`" in out
     code, out = await bridge_cli("db", "upgrade", env=env)
     assert code == 0, out
-    assert "empty -> 0003" in out
+    assert "empty -> 0004" in out
     code, out = await bridge_cli("db", "current", env=env)
     assert code == 0, out
     assert "up to date" in out

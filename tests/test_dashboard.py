@@ -8,8 +8,9 @@ Screenshots are kept in artifacts/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,16 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield url
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def chromium(args: Sequence[str] = ARGS) -> AsyncIterator[Browser]:
+    """A headless chromium (Debian's, else Playwright's); the test is skipped if none starts."""
     async with async_playwright() as playwright:
         failures = []
         for executable in CHROMIUM:
             try:
-                launched = await playwright.chromium.launch(executable_path=executable, args=ARGS)
+                launched = await playwright.chromium.launch(
+                    executable_path=executable, args=list(args)
+                )
                 break
             except PlaywrightError as exc:
                 failures.append(f"{executable or 'Playwright'}: {str(exc).splitlines()[0]}")
@@ -70,6 +74,12 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
 
 
 async def test_the_dashboard_needs_a_login(

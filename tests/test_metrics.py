@@ -22,6 +22,7 @@ from tests.conftest import running_bridge
 # The names dashboards, alerts and deploy/k8s/hpa.yaml use: renaming one breaks them.
 EXPECTED_NAMES = (
     "bridge_live_calls",
+    "bridge_max_calls",
     "bridge_calls_ended_total",
     "bridge_call_duration_seconds",
     "bridge_added_latency_seconds",
@@ -240,3 +241,14 @@ async def test_app_metrics_follow_the_admin_rule(simulator: RealtimeSimulator) -
             )
         assert (refused.status_code, wrong.status_code, allowed.status_code) == (401, 401, 200)
         assert "bridge_calls_ended_total" in allowed.text
+
+
+async def test_metrics_show_the_call_limit(simulator: RealtimeSimulator) -> None:
+    """`bridge_max_calls` is what alerts divide live calls by; 0 means unlimited."""
+    for max_calls, shown in ((7, "bridge_max_calls 7.0"), (None, "bridge_max_calls 0.0")):
+        async with running_bridge(simulator, max_calls=max_calls) as running:
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"{running.base}/metrics")
+            assert response.status_code == 200
+            assert "# TYPE bridge_max_calls gauge" in response.text
+            assert shown in response.text.splitlines()

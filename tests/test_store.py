@@ -338,6 +338,7 @@ async def test_schema_is_prepared_at_start_sqlite_upgraded_postgres_checked(
         try:
             async with engine.begin() as connection:  # back to an empty database
                 for table in (
+                    "webhook_outbox",
                     "next_steps",
                     "tool_calls",
                     "stream_tokens",

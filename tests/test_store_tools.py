@@ -147,7 +147,7 @@ async def test_migration_0003_adds_tool_calls_transfers_and_next_steps(db_url: s
                 "INSERT INTO calls (call_sid, started_at, updated_at) VALUES ('CA1', 1, 1)"
             )
         await upgrade(engine)
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == "0004"  # head
         async with engine.connect() as connection:
             diff = await connection.run_sync(
                 lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)

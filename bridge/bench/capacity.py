@@ -68,6 +68,7 @@ class Options:
     database_url: str | None = None  # started bridge: call log (default: throw-away SQLite)
     numbers: str | None = None  # started bridge: per-number profiles (TOML)
     stats_dir: str | None = None  # started bridge: writes its asyncio task count here
+    record: bool = False  # started bridge: record every call (BRIDGE_RECORD)
 
 
 def default_ramp(calls: int) -> float:
@@ -110,6 +111,8 @@ async def started_target(options: Options, realtime_url: str, log: Path) -> Asyn
         command += ["--numbers", options.numbers]
     if options.stats_dir:
         command += ["--stats-dir", options.stats_dir]
+    if options.record:
+        command.append("--record")
     if options.instructions:
         command = callgrind.wrap_command(command, log.parent)
     start_timeout = START_TIMEOUT_CALLGRIND if options.instructions else START_TIMEOUT
@@ -276,6 +279,7 @@ async def run(options: Options, progress: Progress | None = None) -> dict[str, A
             "ws": options.ws or "bridge default (MediaStreamProtocol, websockets sans-I/O)",
             "preload": list(options.preload),
             "instructions": options.instructions,
+            "record": options.record,
         },
         "levels": levels,
         "knee": {

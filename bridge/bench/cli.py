@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="started bridge: call log (default: a throw-away SQLite file); PostgreSQL "
         "(postgresql+asyncpg://...) is migrated first and its records are kept",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="started bridge: record every call (two-channel WAVs in its temporary directory)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -235,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         instructions=args.instructions,
         workers=args.workers,
         database_url=args.database_url,
+        record=args.record,
     )
     if args.soak is not None:
         from bridge.bench import churn

@@ -106,6 +106,7 @@ def table(report: dict[str, Any]) -> str:
         0,
         f"bridge capacity, audio mode {config['audio_mode']}, "
         + (f"{config['workers']} workers, " if config.get("workers", 1) > 1 else "")
+        + ("every call recorded, " if config.get("record") else "")
         + f"{report['machine']['cores']} cores, load average at end "
         f"{report['machine']['loadavg_at_end']}",
     )

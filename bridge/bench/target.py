@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--numbers", help="per-number profiles (TOML), as BRIDGE_NUMBERS")
     parser.add_argument("--stats-dir", help="write the asyncio task count here every second")
+    parser.add_argument(
+        "--record", action="store_true", help="record every call (a WAV each, in the temp dir)"
+    )
     return parser
 
 
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_url=args.database_url or f"sqlite+aiosqlite:///{data}/calls.db",
             drain_seconds=DRAIN_SECONDS,
             numbers_file=args.numbers,
+            record=args.record,
+            recordings_dir=f"{data}/recordings",
         )
         logs.configure(settings.log_level, settings.log_format)
         if args.database_url and not args.bare:

@@ -23,6 +23,7 @@ HOLD_AFTER = 1.5  # a tool still running this long gets a holding phrase...
 HOLD_GAP = 0.5  # ...or this long after the audio the caller is hearing has played out
 RECHECK = 0.25  # while the caller talks or a response runs, look again this often
 MAX_RECORDED_CHARS = 2000  # of arguments and results kept in the call log
+SEEN_CALL_IDS = 64  # a call_id comes twice within one response (item done, response done)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class ToolCalls:
         self.tools = tools
         self._record = record
         self._secrets = tools.secrets()
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # recent call_ids, oldest first (a bounded set)
         self._keys = itertools.count(1)
         self.running: dict[str, Running] = {}
         self.held = False  # a holding phrase was asked for while the current tools run
@@ -149,7 +150,9 @@ class ToolCalls:
         """Record a new call; None if this call_id was seen before (it runs once)."""
         if call_id in self._seen:
             return None
-        self._seen.add(call_id)
+        self._seen[call_id] = None
+        if len(self._seen) > SEEN_CALL_IDS:
+            del self._seen[next(iter(self._seen))]
         call = ToolCall(call_id, name, kind, self._clip(arguments), at)
         self._record.tool_calls.append(call)
         return call
@@ -177,8 +180,15 @@ class ToolCalls:
         call.result = self._clip(result)
         call.error = self._clip(error)
         seconds = at - call.started_at if call.kind in ("http", "mcp") else None
-        metrics.tool_call(call.name, call.kind, call.outcome, seconds)
+        metrics.tool_call(self._metric_name(call), call.kind, call.outcome, seconds)
         return call
+
+    def _metric_name(self, call: ToolCall) -> str:
+        """The name as a metric label: a name the profile does not offer is the model's
+        invention, and would grow the label set without bound."""
+        if call.kind == "http" and self.tools.http_tool(call.name) is None:
+            return "unknown"
+        return call.name
 
     def cancel_running(self, at: float) -> list[ToolCall]:
         """The call ended with tools in flight: they are recorded as cancelled."""
@@ -187,7 +197,7 @@ class ToolCalls:
             call = running.call
             call.ended_at = at
             call.outcome = "cancelled"
-            metrics.tool_call(call.name, call.kind, call.outcome, None)
+            metrics.tool_call(self._metric_name(call), call.kind, call.outcome, None)
             cancelled.append(call)
         self.running.clear()
         return cancelled

@@ -57,6 +57,7 @@ from bridge.call.responses import ANSWER_TIMEOUT, Responses
 from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
 from bridge.record import KEEP_TURNS, CallEvent, CallRecord, EndReason, ToolCall, Turn
+from bridge.recording.tape import Tape
 from bridge.settings import AudioMode
 from bridge.tools.config import KeyAction
 from bridge.tools.http import ToolResult
@@ -102,9 +103,11 @@ class CallSession:
         *,
         now: float,
         caller_timeout: float = CALLER_TIMEOUT,
+        tape: Tape | None = None,
     ) -> None:
         self.profile = profile
         self.record = record
+        self.tape = tape  # the call as the caller heard it, when it is recorded
         self._t0 = now
         self._passthrough = profile.audio_mode is AudioMode.PCMU
         self._stream = twilio.StreamWriter(start.stream_sid)
@@ -190,6 +193,8 @@ class CallSession:
 
         Counted only once converted, so a frame that fails here and is retried counts once.
         """
+        if self.tape is not None:
+            self.tape.caller(payload)
         if self._passthrough:
             event = realtime.input_audio_append(payload)
         else:
@@ -507,6 +512,8 @@ class CallSession:
             self._caller_stopped_at = None
         mark = self._playback.sent(item_id, len(ulaw), now)
         self.record.frames_out += len(ulaw) // audio.FRAME_BYTES
+        if self.tape is not None:
+            self.tape.assistant(ulaw)
         out.append(ToCaller((self._stream.media(ulaw), self._stream.mark(mark))))
 
     def _end_item(self, out: list[Effect], now: float) -> None:
@@ -535,6 +542,8 @@ class CallSession:
         )
         if plan.clear:
             out.append(ToCaller((self._stream.clear(),), Kind.CLEAR))
+            if self.tape is not None:
+                self.tape.clear()
         self._to_caller.reset()
         self._framer.reset()
         self._current_item = None
@@ -915,6 +924,7 @@ class CallSession:
         self._end_item(out, now)
         self._responses = Responses()
         self._guarantee = SpeechGuarantee()
+        self._audio_seen.clear()
         self._exits.clear()
         self._mcp_started.clear()
         self._caller_speaking = False
@@ -998,3 +1008,5 @@ def _fill_record(record: CallRecord, start: twilio.Start, profile: Profile) -> N
     record.profile, record.model, record.voice = profile.name, profile.model, profile.voice
     record.direction = params.get("Direction", "inbound") or "inbound"
     record.keep_transcripts = profile.keep_transcripts
+    record.redact = profile.redact
+    record.webhook_url = profile.call_webhook_url

@@ -41,12 +41,15 @@ from bridge.call.effects import (
 )
 from bridge.call.session import CallSession
 from bridge.call.sockets import BadMessage, CallerSocket, ModelSocket
+from bridge.call.taskgroup import TaskGroup
 from bridge.call.timers import Timers
 from bridge.call.writers import BACKLOG_LIMIT
 from bridge.errors import ProtocolViolation, UpstreamRejected, UpstreamUnavailable
 from bridge.logs import call_sid_var, mask_number
 from bridge.profiles import Profile
 from bridge.record import CallRecord, EndReason, Recorder
+from bridge.recording.call import CallRecording
+from bridge.recording.store import RecordingStore
 from bridge.settings import Settings
 from bridge.tools.http import ToolResult, ToolRunner
 from bridge.tts import SpeechClient
@@ -75,6 +78,8 @@ class CallServices:
     next_steps: NextSteps = dataclasses.field(default_factory=MemoryNextSteps)
     # Shared by the process's calls: the voice webhook answers the fallback while it is down.
     upstream_health: UpstreamHealth = dataclasses.field(default_factory=UpstreamHealth)
+    # Where a call whose profile records leaves its WAV (None: no call is recorded).
+    recordings: RecordingStore | None = None
 
 
 # How a model session ends when the call does not: the bridge opens the next one.
@@ -121,6 +126,7 @@ class Call:
             tuple[contextlib.AbstractAsyncContextManager[ClientConnection], ClientConnection] | None
         ) = None
         self._tools_in_flight = asyncio.Semaphore(TOOLS_IN_FLIGHT)
+        self._recording: CallRecording | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -135,13 +141,15 @@ class Call:
         try:
             start = await self._caller.wait_for_start(self.record)
             session = await self._begin(start)
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._caller.writer.run(), name="to_caller")
                 tg.create_task(self._watch_end(), name="end")
                 timer = session.timer
                 tg.create_task(self._timers.run(lambda now: self._apply(timer(now))), name="timers")
                 tg.create_task(self._upstream(session), name="upstream")
+                if self._recording is not None:
+                    tg.create_task(self._recording.run(), name="recording")
                 if self._goodbye is not None:
                     self._apply(session.shutdown(self._goodbye, self._loop.time()))
                 tg.create_task(self._caller_to_model(), name="caller_to_model")
@@ -173,12 +181,17 @@ class Call:
         except ProtocolViolation as exc:
             # An unsigned or forged stream: refuse before any Realtime session is opened.
             raise CallEnded(EndReason.PROTOCOL_ERROR, exc.detail) from None
+        store = self._services.recordings
+        if profile.record and store is not None:
+            self.record.call_sid = start.call_sid
+            self._recording = CallRecording.start(store, self.record)
         session = CallSession(
             start,
             profile,
             self.record,
             now=self._loop.time(),
             caller_timeout=self._services.settings.caller_timeout_seconds,
+            tape=self._recording.tape if self._recording is not None else None,
         )
         self._session = session
         call_sid_var.set(start.call_sid)
@@ -215,6 +228,8 @@ class Call:
         except TimeoutError:
             logger.warning("closing the Twilio socket timed out")
         metrics.call_ended(reason, record.duration)
+        if self._recording is not None:
+            await self._recording.finish(record)
         if session is not None:
             self._services.recorder.call_ended(record)
         logger.info("call ended %s", record.summary())
@@ -324,7 +339,7 @@ class Call:
                     self._model = model
                     self._apply(session.connected(self._loop.time()))
                     self._send_gap(model)
-                    async with asyncio.TaskGroup() as tg:
+                    async with TaskGroup() as tg:
                         tg.create_task(model.writer.run(), name="to_model")
                         tg.create_task(self._model_to_caller(model), name="model_to_caller")
                         tg.create_task(self._renewal_asked(), name="renewal")

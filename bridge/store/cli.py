@@ -1,8 +1,10 @@
-"""`bridge calls list | show | tail | export | prune`: the call log from a terminal.
+"""`bridge calls list | show | tail | export | recording | prune`: the call log from a terminal.
 
-`list`, `show`, `export` and `prune` read the database (BRIDGE_DATABASE_URL); `tail` follows a
-running server's live feed (`--url`, BRIDGE_ADMIN_TOKEN), because with SQLite only the server
-knows what is happening now.
+`list`, `show`, `export`, `recording` and `prune` read the database (BRIDGE_DATABASE_URL);
+`recording` and `prune` also the recording store (BRIDGE_RECORDINGS_DIR / BRIDGE_RECORDINGS_URL)
+and `prune` the numbers file (each profile's `recording_retention_days`), so run them with the
+server's environment. `tail` follows a running server's live feed (`--url`,
+BRIDGE_ADMIN_TOKEN), because with SQLite only the server knows what is happening now.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import json
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import sqlalchemy as sa
 
+from bridge import numbers
 from bridge.errors import ConfigError
+from bridge.numbers_cli import tool_settings
+from bridge.recording.store import RecordingMissing, RecordingStore, store_from_settings
 from bridge.settings import ENVIRONMENT
-from bridge.store import database, queries, report
+from bridge.store import database, queries, recordings, report
 from bridge.store.dbcli import database_url
 from bridge.store.tail import follow
 
@@ -55,8 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("json", "txt"), default="json")
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
 
-    prune = commands.add_parser("prune", help="delete old calls")
-    prune.add_argument("--older-than", required=True, help="e.g. 30d, 12w")
+    recording = commands.add_parser("recording", help="one call's recording (WAV) as a file")
+    recording.add_argument("call_sid")
+    recording.add_argument(
+        "--output", "-o", help="file to write (default: CALL_SID.wav; - for stdout)"
+    )
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete old calls with their recordings, and recordings past their profile's "
+        "recording_retention_days",
+    )
+    prune.add_argument("--older-than", help="calls that started this long ago, e.g. 30d, 12w")
     prune.add_argument("--dry-run", action="store_true", help="count, do not delete")
     return parser
 
@@ -71,6 +86,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             return await _list(engine, args, out)
         if args.command == "prune":
             return await _prune(engine, args, out)
+        if args.command == "recording":
+            return await _recording(engine, args, out)
         detail = await queries.get_call(engine, args.call_sid)
         if detail is None:
             print(f"bridge calls: no call {args.call_sid}", file=sys.stderr)
@@ -109,17 +126,95 @@ async def _list(engine: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _prune(engine: Any, args: argparse.Namespace, out: TextIO) -> int:
-    before = time.time() - queries.parse_duration(args.older_than)
-    if args.dry_run:
-        page = await queries.list_calls(
-            engine, queries.CallFilter(until=before), limit=queries.MAX_LIMIT
+    now = time.time()
+    before = now - queries.parse_duration(args.older_than) if args.older_than else None
+    settings = tool_settings()
+    # The numbers file as the server reads it; an invalid one stops here, before any deletion.
+    directory = numbers.Numbers(settings).current
+    retention = {name: p.recording_retention_days for name, p in directory.profiles.items()}
+    if before is None and all(days is None for days in retention.values()):
+        print(
+            "bridge calls prune: nothing to do: give --older-than, or set "
+            "recording_retention_days in a profile",
+            file=sys.stderr,
         )
-        more = "+" if page.next_cursor else ""
-        print(f"{len(page.calls)}{more} calls started before {report.clock(before)}", file=out)
-        return 0
-    deleted = await queries.prune(engine, before)
-    print(f"deleted {deleted} calls started before {report.clock(before)} UTC", file=out)
+        return 2
+    verb = "would delete" if args.dry_run else "deleted"
+    store = store_from_settings(settings.recordings_dir, settings.recordings_url)
+    try:
+        if before is not None:
+            pruned = await recordings.prune_calls(engine, store, before, dry_run=args.dry_run)
+            print(
+                f"{verb} {pruned.calls} calls started before {report.clock(before)} UTC "
+                f"({pruned.recordings} with a recording)",
+                file=out,
+            )
+        expired = await recordings.expire_recordings(
+            engine,
+            store,
+            retention,
+            directory.default.name,
+            now,
+            since=before,
+            dry_run=args.dry_run,
+        )
+    finally:
+        await store.aclose()
+    if expired:
+        detail = ", ".join(
+            f"{name} {count} (kept {retention[name]:g} days)" for name, count in expired.items()
+        )
+        total = sum(expired.values())
+        print(f"{verb} {total} recordings past their profile's retention: {detail}", file=out)
     return 0
+
+
+async def _recording(engine: Any, args: argparse.Namespace, out: TextIO) -> int:
+    recorded = await recordings.recording_of(engine, args.call_sid)
+    if recorded is None:
+        print(f"bridge calls: no call {args.call_sid}", file=sys.stderr)
+        return 1
+    if recorded.key is None:
+        print(f"bridge calls: call {args.call_sid} has no recording", file=sys.stderr)
+        return 1
+    settings = tool_settings()
+    store = store_from_settings(settings.recordings_dir, settings.recordings_url)
+    target = args.output or recorded.key.rsplit("/", 1)[-1]  # CALL_SID.wav
+    try:
+        size = await store.size(recorded.key)
+        if target == "-":
+            out.flush()
+            await _copy(store, recorded.key, size, out.buffer)
+            out.buffer.flush()
+            return 0
+        file = await asyncio.to_thread(open, target, "wb")
+        try:
+            with file:
+                await _copy(store, recorded.key, size, file)
+        except BaseException:
+            os.unlink(target)  # no half a recording left behind
+            raise
+    except RecordingMissing:
+        print(
+            f"bridge calls: the recording of {args.call_sid} ({recorded.key}) is not in {store!r}",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"bridge calls: cannot write {target}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the store's own errors (an unreachable bucket, refused access)
+        print(f"bridge calls: cannot read {recorded.key} from {store!r}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.aclose()
+    print(f"{target}: {size} bytes, the recording of {args.call_sid}", file=out)
+    return 0
+
+
+async def _copy(store: RecordingStore, key: str, size: int, sink: BinaryIO) -> None:
+    async for chunk in store.read(key, 0, size):
+        await asyncio.to_thread(sink.write, chunk)
 
 
 def _write(path: str, text: str) -> None:

@@ -115,7 +115,7 @@ class LiveFeed:
         )
 
     def call_event(self, record: CallRecord, event: CallEvent) -> None:
-        detail = event_detail(event.detail, keep_text=record.keep_transcripts)
+        detail = event_detail(event.detail, keep_text=record.keep_transcripts, kinds=record.redact)
         self.publish(
             {
                 "kind": "event",

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.store.heard import split_heard
-from bridge.store.schema import calls, events, tool_calls, turns
+from bridge.store.schema import calls, events, tool_calls, turns, webhook_outbox
 
 MAX_LIMIT = 500
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -60,6 +60,12 @@ class CallDetail:
             "turns": self.turns,
             "tool_calls": self.tool_calls,
             "events": self.events,
+            # Where the call's WAV is served; null when the call was not recorded.
+            "recording": (
+                f"/api/calls/{self.call['call_sid']}/recording"
+                if self.call.get("recording")
+                else None
+            ),
         }
 
     @property
@@ -241,10 +247,14 @@ def _event(call: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
 
 
 async def prune(engine: AsyncEngine, before: float) -> int:
-    """Delete calls that started before `before` (epoch seconds), with their turns, tool calls
-    and events."""
+    """Delete calls that started before `before` (epoch seconds), with their turns, tool calls,
+    events and webhook deliveries (their recordings: `bridge.store.recordings.prune_calls`)."""
     old = sa.select(calls.c.call_sid).where(calls.c.started_at < before)
     async with engine.begin() as connection:
+        # SQLite does not enforce the foreign keys' ON DELETE CASCADE: delete explicitly.
+        await connection.execute(
+            sa.delete(webhook_outbox).where(webhook_outbox.c.call_sid.in_(old))
+        )
         await connection.execute(sa.delete(events).where(events.c.call_sid.in_(old)))
         await connection.execute(sa.delete(turns).where(turns.c.call_sid.in_(old)))
         await connection.execute(sa.delete(tool_calls).where(tool_calls.c.call_sid.in_(old)))

@@ -92,6 +92,12 @@ def call_text(detail: CallDetail) -> str:
     ]
     if destination := transfer(call):
         out.append(f"  transferred to {destination}")
+    if call.get("recording"):
+        size = call.get("recording_bytes") or 0
+        out.append(
+            f"  recorded: {call['recording']} ({size / 1e6:.1f} MB; "
+            f"bridge calls recording {call['call_sid']} -o FILE)"
+        )
     out.append("")
     if not call["keep_transcripts"]:
         out.append("  (this profile keeps no transcripts)")

@@ -1,8 +1,9 @@
-"""Call records -> table rows (pure functions), honouring the profile's privacy switch.
+"""Call records -> table rows (pure functions), honouring the profile's privacy switches.
 
 A profile with `keep_transcripts = false` leaves turn text and tool call arguments and results
 NULL, and text is taken out of event details, so no words of that call reach the database or
-the live feed.
+the live feed. A profile's `redact` kinds (phone, card, email) are replaced here in every text
+that is kept, so the database, the live feed, the API and the post-call webhook never hold them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.record import CallEvent, CallRecord, ToolCall, Turn
+from bridge.redact import redact, redact_json
 from bridge.store.pricing import PriceTable
 from bridge.store.schema import ERROR_KINDS
 
@@ -62,6 +64,8 @@ def call_row(record: CallRecord, prices: PriceTable, instance: str) -> dict[str,
         "tool_calls": record.tool_calls.total,
         "transfer_to": record.transfer_to[:64],
         "transfer_number": record.transfer_number[:64],
+        "recording": record.recording or None,
+        "recording_bytes": record.recording_bytes or None,
         "instance": instance,
         "updated_at": time.time(),
     }
@@ -79,7 +83,11 @@ def turn_fields(record: CallRecord, turn: Turn) -> dict[str, Any]:
         "source": turn.source,
         "started_at": turn.started_at,
         "ended_at": turn.ended_at,
-        "text": turn.text if record.keep_transcripts else None,
+        "text": (
+            redact(turn.text, record.redact, partial=turn.ended_at is None)
+            if record.keep_transcripts
+            else None
+        ),
         "interrupted": turn.interrupted,
         "heard_ms": turn.heard_ms,
         "audio_ms": round(turn.audio_ms, 1),
@@ -95,17 +103,18 @@ def tool_call_fields(record: CallRecord, tool_call: ToolCall) -> dict[str, Any]:
     """A tool call as stored and as streamed live; no arguments or result (the caller's words)
     when the profile keeps no transcripts."""
     keep = record.keep_transcripts
+    kinds = record.redact
     return {
         "call_id": tool_call.call_id[:128],
         "name": tool_call.name[:128],
         "kind": tool_call.kind[:32],
-        "arguments": tool_call.arguments if keep else None,
+        "arguments": redact(tool_call.arguments, kinds) if keep else None,
         "started_at": tool_call.started_at,
         "ended_at": tool_call.ended_at,
         "duration_ms": tool_call.duration_ms,
         "outcome": tool_call.outcome[:16],
-        "result": tool_call.result if keep else None,
-        "error": tool_call.error[:2000],
+        "result": redact(tool_call.result, kinds) if keep else None,
+        "error": redact(tool_call.error[:2000], kinds),
         "holding_phrase": tool_call.holding_phrase,
     }
 
@@ -117,13 +126,18 @@ def event_row(record: CallRecord, seq: int, event: CallEvent) -> dict[str, Any]:
         "at": event.at,
         "ts": record.started_at + event.at,
         "kind": event.kind,
-        "detail": event_detail(event.detail, keep_text=record.keep_transcripts),
+        "detail": event_detail(
+            event.detail, keep_text=record.keep_transcripts, kinds=record.redact
+        ),
     }
 
 
-def event_detail(detail: Mapping[str, Any], *, keep_text: bool) -> dict[str, Any]:
-    """A JSON-safe copy of an event's detail, without words when transcripts are not kept."""
-    safe = _jsonable(detail)
+def event_detail(
+    detail: Mapping[str, Any], *, keep_text: bool, kinds: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """A JSON-safe copy of an event's detail, without words when transcripts are not kept, and
+    with the profile's redactions applied to every string in it."""
+    safe = redact_json(_jsonable(detail), kinds) if kinds else _jsonable(detail)
     assert isinstance(safe, dict)
     if not keep_text:
         for key in PRIVATE_KEYS & set(safe):

@@ -46,6 +46,9 @@ calls = sa.Table(
     sa.Column("tool_calls", sa.Integer, nullable=False, server_default="0"),  # count
     sa.Column("transfer_to", sa.String(64), nullable=False, server_default=""),  # destination
     sa.Column("transfer_number", sa.String(64), nullable=False, server_default=""),
+    # The call's WAV (bridge/recording): its key in the recording store; NULL when not recorded.
+    sa.Column("recording", sa.String(512)),
+    sa.Column("recording_bytes", sa.BigInteger),
     sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
     sa.Column("updated_at", sa.Double, nullable=False),
 )
@@ -145,6 +148,33 @@ stream_tokens = sa.Table(
     sa.Column("instance", sa.String(64), nullable=False, server_default=""),  # which replica
 )
 sa.Index("ix_stream_tokens_expires_at", stream_tokens.c.expires_at)
+
+# The post-call webhook's outbox (bridge/webhooks): one row per delivery, written with the
+# call's final row, so a delivery survives a restart; a worker claims a row (`claimed_by`,
+# `claimed_until`) before sending, so each attempt is made by one worker or replica. `body` is
+# fixed at the first attempt: every retry sends the same bytes with the same `delivery_id`.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False, unique=True),
+    sa.Column(
+        "call_sid", sa.String(64), sa.ForeignKey("calls.call_sid", ondelete="CASCADE"), index=True
+    ),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("next_attempt_at", sa.Double, nullable=False),
+    sa.Column("last_attempt_at", sa.Double),
+    sa.Column("last_status", sa.Integer),  # the receiver's HTTP status; NULL: no answer
+    sa.Column("last_error", sa.Text, nullable=False, server_default=""),
+    sa.Column("delivered_at", sa.Double),
+    sa.Column("claimed_by", sa.String(64), nullable=False, server_default=""),
+    sa.Column("claimed_until", sa.Double),
+    sa.Column("body", sa.Text),
+)
+sa.Index("ix_webhook_outbox_due", webhook_outbox.c.state, webhook_outbox.c.next_attempt_at)
 
 # Event kinds that count as something going wrong on the call.
 ERROR_KINDS = frozenset(

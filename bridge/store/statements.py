@@ -40,6 +40,8 @@ RECORD_COLUMNS = (
     "tool_calls",
     "transfer_to",
     "transfer_number",
+    "recording",
+    "recording_bytes",
     "instance",
     "updated_at",
 )

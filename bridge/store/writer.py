@@ -8,7 +8,8 @@ call and event (with its place in the call) until it is written: the live record
 its most recent ones (`bridge.record.History`). Writes are idempotent upserts: a failed batch stays
 pending and is retried with backoff; a finished call that still cannot be written after
 `retry_window` seconds is logged at ERROR with its SID and dropped. `close()` flushes what is
-pending, bounded by `flush_timeout`.
+pending, bounded by `flush_timeout`. A finished call with a webhook URL gets its post-call
+webhook queued (bridge/webhooks/outbox.py) in the transaction that writes its final row.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from bridge.store import rows
 from bridge.store.database import describe
 from bridge.store.pricing import PriceTable
 from bridge.store.statements import Statements
+from bridge.webhooks import outbox
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class _Snapshot:
     taken_turns: dict[str, tuple[int, Turn]]
     taken_tool_calls: dict[str, tuple[int, ToolCall]]
     taken_events: list[tuple[int, CallEvent]]
+    webhooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # outbox rows
 
 
 @dataclasses.dataclass(slots=True)
@@ -125,6 +128,8 @@ class Writer:
         self._closed = asyncio.Event()
         self._closing = False
         self._outage = False
+        # Called after a commit that queued post-call webhooks (the sender's wake-up).
+        self.on_webhook: Callable[[], None] = _nothing
 
     # ---- marking (sync, on the event loop; never blocks) ---------------------------------------
 
@@ -284,6 +289,8 @@ class Writer:
         if self._outage:
             self._outage = False
             logger.warning("call log database is back; writing pending records")
+        if any(snap.webhooks for snap in snaps):
+            self.on_webhook()
         for snap in snaps:
             entry = snap.entry
             entry.failing_since = None
@@ -299,6 +306,9 @@ class Writer:
         events = [row for snap in snaps for row in snap.events]
         if calls:
             await connection.execute(statements.upsert_call, calls)
+        webhooks = [row for snap in snaps for row in snap.webhooks]
+        if webhooks:  # once per call: a call that has a delivery gets no second one
+            await outbox.enqueue_first(connection, webhooks)
         if statuses:
             await connection.execute(statements.upsert_status, [call for call, _ in statuses])
             await connection.execute(statements.insert_event, [event for _, event in statuses])
@@ -318,6 +328,10 @@ class Writer:
         if record is not None:
             if entry.call:
                 snap.calls.append(rows.call_row(record, self.prices, self.instance))
+                if entry.final and record.end_reason is not None and record.webhook_url:
+                    snap.webhooks.append(
+                        outbox.enqueue_row(record.call_sid, record.webhook_url, time.time())
+                    )
             snap.turns = [
                 rows.turn_row(record, seq, turn)
                 for seq, turn in sorted(entry.turns.values(), key=_seq)
@@ -380,6 +394,10 @@ def _restore(snap: _Snapshot) -> None:
     entry.tool_calls = snap.taken_tool_calls | entry.tool_calls
     entry.events = snap.taken_events + entry.events
     entry.statuses = snap.statuses + entry.statuses
+
+
+def _nothing() -> None:
+    pass
 
 
 def _seq(pending: tuple[int, object]) -> int:

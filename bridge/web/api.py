@@ -3,6 +3,8 @@
 GET /api/calls              filters: number, caller, profile, since, until, end_reason, q;
                             limit, cursor (from the previous page's `next_cursor`)
 GET /api/calls/{call_sid}   the call with its turns, tool calls and events
+GET /api/calls/{call_sid}/recording
+                            the call's WAV (audio/wav), with byte ranges; 404 when none
 GET /api/live               Server-Sent Events: snapshot, call_started, turn, tool_call, event,
                             call_ended
 """
@@ -17,10 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bridge.recording.store import RecordingMissing, RecordingStore
 from bridge.store import queries
 from bridge.store.calllog import CallLog
 from bridge.store.database import describe
+from bridge.store.recordings import recording_of
 from bridge.web.auth import Access, Guard
+from bridge.web.recording import recording_response
 from bridge.web.sse import EventStream
 
 logger = logging.getLogger(__name__)
@@ -55,15 +60,24 @@ def call_filter(params: dict[str, str], now: float) -> queries.CallFilter:
 
 
 class Api:
-    def __init__(self, call_log: CallLog, guard: Guard, *, stream_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        call_log: CallLog,
+        guard: Guard,
+        *,
+        recordings: RecordingStore,
+        stream_seconds: float = 30.0,
+    ) -> None:
         self.call_log = call_log
         self.guard = guard
         self.stream_seconds = stream_seconds
+        self.recordings = recordings
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/api/calls", self.calls, methods=["GET"]),
             Route("/api/calls/{call_sid}", self.call, methods=["GET"]),
+            Route("/api/calls/{call_sid}/recording", self.recording, methods=["GET"]),
             Route("/api/live", self.live, methods=["GET"]),
         ]
 
@@ -117,6 +131,34 @@ class Api:
         body = detail.to_json()
         body["call"]["live"] = call_sid in self.call_log.feed.calls
         return JSONResponse(body)
+
+    async def recording(self, request: Request) -> Response:
+        if (refusal := self._refuse(request)) is not None:
+            return refusal
+        call_sid = request.path_params["call_sid"]
+        try:
+            recorded = await recording_of(self.call_log.engine, call_sid)
+        except UNAVAILABLE as exc:
+            return unavailable(exc)
+        if recorded is None:
+            return JSONResponse({"error": "not_found", "call_sid": call_sid}, status_code=404)
+        try:
+            if recorded.key is None:
+                raise RecordingMissing(call_sid)
+            return await recording_response(
+                request, self.recordings, recorded.key, call_sid=call_sid, ended=recorded.ended
+            )
+        except RecordingMissing:
+            return JSONResponse(
+                {"error": "not_found", "call_sid": call_sid, "detail": "no recording"},
+                status_code=404,
+            )
+        except Exception as exc:  # the bucket not answering, or refusing us
+            logger.warning("recording store failed for %s: %r", call_sid, exc)
+            return JSONResponse(
+                {"error": "recordings_unavailable", "detail": "the recording store failed"},
+                status_code=503,
+            )
 
     async def live(self, request: Request) -> Response:
         if (refusal := self._refuse(request)) is not None:

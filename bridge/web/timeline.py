@@ -3,6 +3,8 @@
 An interrupted reply is drawn solid up to the barge-in, followed by a dashed ghost as long as
 the audio the caller never heard; barge-ins and errors are marked on the axis. A call with tool
 calls or keypresses gets a third lane: a bar per tool call as long as it ran, a key per press.
+Each turn carries its start (`data-start`, seconds) and the picture its scale (`data-left`,
+`data-scale`: x = left + seconds * scale), for the recording player's seeking and playhead.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def timeline_svg(
     label = "who spoke when" + (", tool calls and keypresses" if "tools" in lanes else "")
     parts = [
         f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="100%" '
-        f'role="img" aria-label="{label}" xmlns="http://www.w3.org/2000/svg">'
+        f'role="img" aria-label="{label}" xmlns="http://www.w3.org/2000/svg" '
+        f'data-left="{LEFT}" data-scale="{scale:.6g}" data-bottom="{axis_y}">'
     ]
     for role, y in lanes.items():
         parts.append(f'<text x="4" y="{y + 15}" class="lane-label">{role}</text>')
@@ -86,7 +89,8 @@ def timeline_svg(
         css = f"turn {turn['role']}" + (" interrupted" if turn.get("interrupted") else "")
         parts.append(
             f'<rect x="{x(start)}" y="{y}" width="{width:.1f}" height="{LANE_HEIGHT}" '
-            f'class="{css}"><title>{_clock(start)}–{_clock(end)} {label}</title></rect>'
+            f'class="{css}" data-start="{start}">'
+            f"<title>{_clock(start)}–{_clock(end)} {label}</title></rect>"
         )
         unheard = _unheard_s(turn)
         if unheard:

@@ -189,3 +189,58 @@
     }
   }, 1000);
 })();
+
+// The call page's recording: clicking a turn (on the timeline or in the conversation) plays
+// from its start, clicking elsewhere on the timeline plays from that moment, and a line on the
+// timeline follows playback. Turn times and the recording both count from the stream's start.
+(function () {
+  "use strict";
+  const audio = document.getElementById("recording");
+  if (!audio) return;
+  const svg = document.querySelector("svg.timeline");
+  const conversation = document.querySelector("ol.conversation");
+  const left = svg ? Number(svg.dataset.left) : 0;
+  const scale = svg ? Number(svg.dataset.scale) : 0;
+
+  function playFrom(seconds) {
+    audio.currentTime = Math.max(0, seconds);
+    const playing = audio.play();
+    if (playing) playing.catch(() => {}); // refused (autoplay policy): the position is still set
+  }
+
+  if (conversation) {
+    conversation.addEventListener("click", (event) => {
+      const turn = event.target.closest("li[data-start]");
+      if (!turn || String(window.getSelection() || "")) return; // selecting text is not a click
+      playFrom(Number(turn.dataset.start));
+    });
+  }
+  if (!svg || !scale) return;
+
+  svg.addEventListener("click", (event) => {
+    const turn = event.target.closest("[data-start]");
+    if (turn) {
+      playFrom(Number(turn.dataset.start));
+      return;
+    }
+    const point = svg.createSVGPoint(); // the click in the picture's own units
+    point.x = event.clientX;
+    point.y = event.clientY;
+    const x = point.matrixTransform(svg.getScreenCTM().inverse()).x;
+    if (x >= left) playFrom((x - left) / scale);
+  });
+
+  const playhead = document.createElementNS("http://www.w3.org/2000/svg", "line");
+  playhead.setAttribute("class", "playhead");
+  playhead.setAttribute("y1", "4");
+  playhead.setAttribute("y2", svg.dataset.bottom || "0");
+  svg.append(playhead);
+  const right = svg.viewBox.baseVal.width - 1; // a recording longer than the picture: stop there
+  function place() {
+    const x = Math.min(right, left + Math.max(0, audio.currentTime) * scale).toFixed(1);
+    playhead.setAttribute("x1", x);
+    playhead.setAttribute("x2", x);
+  }
+  for (const name of ["timeupdate", "seeked", "loadedmetadata"]) audio.addEventListener(name, place);
+  place();
+})();
