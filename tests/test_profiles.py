@@ -204,3 +204,60 @@ def test_file_level_mistakes_name_the_file(tmp_path: Path) -> None:
     assert problems_of(tmp_path / "missing.toml") == [
         f"{tmp_path / 'missing.toml'}: file not found"
     ]
+
+
+def test_recording_redaction_and_webhook_fields_load_and_inherit(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [profiles.default]
+        record = true
+        recording_retention_days = 30
+        redact = ["card"]
+        call_webhook_url = "https://crm.example.com/hooks/calls"
+
+        [profiles.staff]
+        numbers = ["+15550100002"]
+        record = false
+        redact = []
+        """,
+    )
+    profiles = load(path, SETTINGS).profiles
+    default, staff = profiles["default"], profiles["staff"]
+    assert (default.record, default.recording_retention_days) == (True, 30)
+    assert default.redact == {"card"}
+    assert default.call_webhook_url == "https://crm.example.com/hooks/calls"
+    # Everything not set is inherited from default; what is set wins.
+    assert not staff.record
+    assert staff.redact == frozenset()
+    assert staff.recording_retention_days == 30
+    assert staff.call_webhook_url == "https://crm.example.com/hooks/calls"
+
+
+def test_bad_recording_redaction_and_webhook_fields_are_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [profiles.default]
+        record = "yes"
+        recording_retention_days = -1
+        redact = ["cards"]
+        call_webhook_url = "ftp://example.com/x"
+        """,
+    )
+    problems = "\n".join(problems_of(path))
+    assert "record: must be true or false" in problems
+    assert "recording_retention_days: must be between 0 and 36500" in problems
+    assert 'redact: unknown "cards"' in problems
+    assert "call_webhook_url: must be an http:// or https:// URL" in problems
+
+
+def test_the_environment_sets_the_default_profile_recording_and_webhook() -> None:
+    settings = Settings(
+        openai_api_key="sk-test", record=True, call_webhook_url="https://hooks.example.com/c"
+    )
+    profile = Profile.from_settings(settings)
+    assert profile.record
+    assert profile.call_webhook_url == "https://hooks.example.com/c"
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        Settings(openai_api_key="sk-test", recordings_url="https://bucket.example.com")
