@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge import metrics
 from bridge.after_stream import HANGUP, NextStep
+from bridge.call.recent import RecentKeys
 from bridge.record import CallRecord, EndReason, ToolCall
 from bridge.tools.config import END_CALL, TRANSFER_CALL, HttpTool, KeyAction, ProfileTools, scrub
 
@@ -81,7 +82,7 @@ class ToolCalls:
         self.tools = tools
         self._record = record
         self._secrets = tools.secrets()
-        self._seen: dict[str, None] = {}  # recent call_ids, oldest first (a bounded set)
+        self._seen = RecentKeys(SEEN_CALL_IDS)
         self._keys = itertools.count(1)
         self.running: dict[str, Running] = {}
         self.held = False  # a holding phrase was asked for while the current tools run
@@ -150,9 +151,7 @@ class ToolCalls:
         """Record a new call; None if this call_id was seen before (it runs once)."""
         if call_id in self._seen:
             return None
-        self._seen[call_id] = None
-        if len(self._seen) > SEEN_CALL_IDS:
-            del self._seen[next(iter(self._seen))]
+        self._seen.add(call_id)
         call = ToolCall(call_id, name, kind, self._clip(arguments), at)
         self._record.tool_calls.append(call)
         return call

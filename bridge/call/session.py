@@ -53,6 +53,7 @@ from bridge.call.effects import (
     TurnChanged,
     Wake,
 )
+from bridge.call.recent import RecentKeys
 from bridge.call.responses import ANSWER_TIMEOUT, Responses
 from bridge.call.speech_guarantee import Recovery, SpeechGuarantee
 from bridge.profiles import Profile
@@ -120,7 +121,7 @@ class CallSession:
         self._current_item: str | None = None
         self._audio_seen: set[str] = set()  # responses whose audio deltas reached us
         # Items a barge-in cut, the most recent few: their late deltas are dropped.
-        self._dropped_items: dict[str, None] = {}
+        self._dropped_items = RecentKeys(KEEP_CUT_ITEMS)
         self._guarantee = SpeechGuarantee()
         self._speaking: set[int] = set()  # speech requests not yet answered
         self._turns: dict[str, Turn] = {}
@@ -548,9 +549,7 @@ class CallSession:
         self._framer.reset()
         self._current_item = None
         for cut in plan.truncations:
-            self._dropped_items[cut.item_id] = None
-            if len(self._dropped_items) > KEEP_CUT_ITEMS:
-                del self._dropped_items[next(iter(self._dropped_items))]
+            self._dropped_items.add(cut.item_id)
             turn = self._turns.get(cut.item_id)
             if turn is not None:
                 turn.interrupted = True
