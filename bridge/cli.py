@@ -64,7 +64,7 @@ async def serve(
     The call log encloses the server so records of calls that end during the drain are written.
     A worker of `bridge serve --workers N` passes the sockets its supervisor bound.
     """
-    from bridge import metrics
+    from bridge import heap, metrics
     from bridge.app import create_app
     from bridge.recording.store import store_from_settings
     from bridge.server import BridgeServer, EmbeddedServer, uvicorn_config
@@ -93,10 +93,16 @@ async def serve(
             await bridge.drain()
             call_log.feed.close()  # end dashboard streams: uvicorn waits for open responses
 
+        def started() -> None:
+            heap.freeze_startup()  # the app is up: what exists now lives as long as the process
+            if on_started is not None:
+                on_started()
+
         server = BridgeServer(
-            uvicorn_config(app, host, port, log_level="info"), on_drain=drain, on_started=on_started
+            uvicorn_config(app, host, port, log_level="info"), on_drain=drain, on_started=started
         )
         async with asyncio.TaskGroup() as tg:
+            trimming = tg.create_task(heap.trim_every(), name="heap-trim")
             metrics_server = None
             if settings.metrics_port:
                 metrics_server = EmbeddedServer(
@@ -107,6 +113,7 @@ async def serve(
                 metrics_server.config.lifespan = "off"
                 tg.create_task(metrics_server.serve(metrics_sockets), name="metrics-server")
             await server.serve(sockets)
+            trimming.cancel()
             if metrics_server is not None:
                 metrics_server.should_exit = True
     return 0

@@ -2,7 +2,9 @@
 garbage collector (on a busy process a full collection comes minutes apart, and each ended call
 would hold its sockets, session and audio state until then). Checked with the collector off,
 for the ways a call ends: the caller hangs up, the model connection is lost and replaced first,
-the assistant hangs up."""
+the assistant hangs up; and, for a call that ran an HTTP tool, that nothing the call used (the
+bridge's objects, the server's WebSocket protocol, the tool's HTTP response) is left in a
+reference cycle."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import gc
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -20,7 +23,9 @@ from bridge.record import EndReason
 from bridge.sim.realtime_config import SimToolCall
 from bridge.sim.realtime_server import Mode, RealtimeSimulator
 from bridge.sim.signals import silence, tone
+from bridge.sim.tool_server import ToolService
 from tests.conftest import RunningBridge, running_bridge
+from tests.test_tools_call import tool_bridge
 
 RATE_IN = 8000
 
@@ -31,6 +36,30 @@ def utterance() -> np.ndarray:
 
 def alive(kind: type) -> int:
     return sum(1 for obj in gc.get_objects() if type(obj) is kind)
+
+
+def of_a_call(obj: object, tool_base: str) -> bool:
+    """Whether `obj` is something of a call that must not wait for the collector: the bridge's
+    own objects (its simulators aside), the server's protocol, an HTTP tool's response (the
+    simulated caller's own requests to the webhook are not the bridge's)."""
+    if isinstance(obj, httpx.Response):
+        return str(obj.request.url).startswith(tool_base)
+    module = type(obj).__module__
+    if module.startswith(("bridge.sim", "bridge.bench")):
+        return False
+    return module.startswith(("bridge.", "uvicorn.protocols."))
+
+
+def cyclic_garbage(tool_base: str = "http://tools.invalid") -> list[str]:
+    """The kinds of a call's objects (see `of_a_call`) that only the collector would free now."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        kinds = {type(obj) for obj in gc.garbage if of_a_call(obj, tool_base)}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    return sorted(f"{kind.__module__}.{kind.__qualname__}" for kind in kinds)
 
 
 @pytest.fixture
@@ -95,3 +124,32 @@ async def test_a_call_the_assistant_ended_is_freed_without_the_collector(
         assert record.end_reason is EndReason.ASSISTANT_HANGUP
         assert alive(Call) == 0
         assert alive(CallSession) == 0
+
+
+async def test_a_call_that_ran_a_tool_leaves_no_cycles(
+    simulator: RealtimeSimulator,
+    collector_off: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = simulator.config
+    config.replies = ("Let me look that up.",)
+    config.tool_calls = {0: [SimToolCall("lookup_order", {"order": "A42"})]}
+    config.tool_reply = lambda name, output: "It has shipped."
+    async with (
+        ToolService() as service,
+        tool_bridge(simulator, tmp_path, monkeypatch, service.url("/orders")) as bridge,
+    ):
+        cyclic_garbage()  # start-up's own cycles, which are not a call's
+        for index in range(2):
+            async with bridge.call() as caller:
+                session = await simulator.wait_for_session(index)
+                await caller.say_and_wait(utterance())
+                await session.wait_for_sent("response.done", count=2, timeout=10)
+                await caller.wait_until_quiet(0.3, timeout=10)
+                await caller.hangup()
+            record = await bridge.finished(caller.call_sid)
+            await asyncio.sleep(0.2)
+            assert [tool.outcome for tool in record.tool_calls] == ["ok"]
+        assert cyclic_garbage(service.url("/")) == []
+        assert alive(Call) == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from bridge.bench.soak import (
     RSS_FLAT_MB_PER_CALL_HOUR,
     MinuteLatency,
     Sample,
+    first_call_seconds,
     linear_fit,
     minute_of,
     minute_rows,
@@ -145,6 +148,33 @@ def test_memory_that_settles_shows_no_slope_in_the_second_half() -> None:
     assert leaking["second_half_mb_per_call_hour"] == pytest.approx(1.76, abs=0.2)
 
 
+def test_the_warm_up_of_calls_still_filling_their_state_is_not_judged() -> None:
+    # The same 6 MB settling over minutes 1 to 4, in a soak whose calls last up to 240 s: once
+    # every place's first call has ended (minute 5 on), the calls are a steady population.
+    settling = [
+        dataclasses.replace(s, rss=s.rss + int(6 * MB * min(s.t, 240.0) / 240.0))
+        for s in timeline()
+    ]
+    judged = verdict(settling, latency(), warmup_s=240.0)
+    assert judged["window_minutes"] == [5, 10]
+    assert judged["rss"]["flat"]
+    assert "warm-up" in report.soak_table(_report(judged))
+    # A leak is still a leak after the warm-up, and a twentieth of it is still caught.
+    leaking = verdict(timeline(rss_per_s=0.5 * 1024 * CALLS), latency(), warmup_s=240.0)
+    assert leaking["rss"]["mb_per_call_hour"] == pytest.approx(1.76, abs=0.05)
+    assert not leaking["rss"]["flat"]
+    slow = verdict(timeline(rss_per_s=0.03 * 1024 * CALLS), latency(), warmup_s=240.0)
+    assert not slow["rss"]["flat"]
+
+
+def test_a_warm_up_longer_than_the_soak_still_leaves_three_minutes_judged() -> None:
+    assert verdict(timeline(), latency(), warmup_s=600.0)["window_minutes"] == [8, 10]
+    assert verdict(timeline(minutes=5), latency(minutes=5), warmup_s=600.0)["window_minutes"] == [
+        3,
+        5,
+    ]
+
+
 def test_an_fd_leaked_per_call_is_caught() -> None:
     judged = verdict(timeline(fds_per_replaced=1.0), latency())
     assert not judged["fds"]["flat"]
@@ -165,6 +195,20 @@ def test_a_short_soak_is_not_judged() -> None:
     assert not judged["enough"]
     assert judged["flat"] is None
     assert "too short" in report.soak_table(_report(judged, minutes=2))
+
+
+def test_first_calls_last_what_is_left_of_a_call_met_in_progress() -> None:
+    # Calls of 120..240 s met at a random moment: on average E[L^2] / 2E[L] = 93.3 s left, two
+    # thirds of them under 120 s; so calls end at the steady rate (200 / 180 s) from the start.
+    rng = random.Random(3)
+    left = [first_call_seconds(rng, 120.0, 240.0) for _ in range(40_000)]
+    assert min(left) >= 0.0
+    assert max(left) <= 240.0
+    assert statistics.fmean(left) == pytest.approx(93.33, abs=1.0)
+    assert sum(x < 120.0 for x in left) / len(left) == pytest.approx(2 / 3, abs=0.01)
+    ended_by_minute = [sum(60.0 * m < x <= 60.0 * (m + 1) for x in left) for m in range(2)]
+    assert ended_by_minute[0] == pytest.approx(ended_by_minute[1], rel=0.05)
+    assert first_call_seconds(rng, 60.0, 60.0) <= 60.0  # calls of one length
 
 
 def test_minute_rows_average_samples_and_count_replaced_calls() -> None:

@@ -3,10 +3,12 @@ ends, the bridge process sampled every 10 s (RSS, open file descriptors, asyncio
 
 A call that lived through the whole soak would hide whatever a call leaves behind when it ends,
 so each call lasts a few minutes (drawn per call) and is then hung up, and a new call takes its
-place; a call the bridge ends itself is replaced at once. With `--drop-every`, the model side
-cuts each connection after about that long: if the bridge carries the call over to a new
-session, that session hears no call-id preamble and cannot be tied to the call, so the call is
-hung up `AFTER_LOSS_S` later (the bridge's reconnect runs in between) and replaced.
+place (the first call in each place lasts what is left of a call met in progress, so calls end
+at the steady rate from the start); a call the bridge ends itself is replaced at once. With
+`--drop-every`, the model side cuts each connection after about that long: if the bridge
+carries the call over to a new session, that session hears no call-id preamble and cannot be
+tied to the call, so the call is hung up `AFTER_LOSS_S` later (the bridge's reconnect runs in
+between) and replaced.
 Added latency each way is summarised per minute from the same probes as the capacity benchmark.
 The arithmetic (minutes, fits, verdict) is `soak.py`; the report is shown by `report.py`.
 """
@@ -39,7 +41,14 @@ from bridge.bench.model import TOOL_NAME, ModelServer
 from bridge.bench.probe import Metrics
 from bridge.bench.progress import Progress
 from bridge.bench.signature import MAX_CALLS, utterance_frames
-from bridge.bench.soak import MinuteLatency, Sample, minute_of, minute_rows, verdict
+from bridge.bench.soak import (
+    MinuteLatency,
+    Sample,
+    first_call_seconds,
+    minute_of,
+    minute_rows,
+    verdict,
+)
 from bridge.sim.tool_server import ToolService
 
 __all__ = ["SoakOptions", "run"]
@@ -141,6 +150,7 @@ class _Soak:
         """One of the N places: a call, then another when it ends, until the soak is over."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, first_at - loop.time()))
+        first = True
         while loop.time() < self.end_at:
             call_id = self._free.popleft()
             self.placed += 1
@@ -153,7 +163,12 @@ class _Soak:
                 await asyncio.sleep(RETRY_PLACE_S)
                 continue
             self.callers.add(caller)
-            length = self._rng.uniform(*self.soak.call_seconds)
+            shortest, longest = self.soak.call_seconds
+            if first:  # the rest of a call met in progress (soak.py)
+                length = first_call_seconds(self._rng, shortest, longest)
+                first = False
+            else:
+                length = self._rng.uniform(shortest, longest)
             # Past the end by a little: the last sample sees every call still up.
             deadline = min(loop.time() + length, self.end_at + 0.5)
             why = await self._hold(caller, deadline)
@@ -416,5 +431,6 @@ def _report(
         },
         "samples": [dataclasses.asdict(sample) for sample in runner.samples],
         "minutes": minute_rows(runner.samples, runner.latency),
-        "verdict": verdict(runner.samples, runner.latency),
+        # Judged once every place's first call has ended: a steady population (soak.py).
+        "verdict": verdict(runner.samples, runner.latency, warmup_s=max(soak.call_seconds)),
     }

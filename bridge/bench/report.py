@@ -239,6 +239,11 @@ def _verdict_lines(judged: dict[str, Any]) -> list[str]:
         return ["verdict: too short to judge (minutes 2..N must span at least a minute)"]
     first, last = judged["window_minutes"]
     parts = []
+    if first > 2:
+        parts.append(
+            f"minutes 1..{first - 1} are the warm-up (until every place's first call had "
+            "ended), shown above and not judged"
+        )
     rss = judged["rss"]
     if rss is not None:
         late = rss.get("second_half_mb_per_call_hour")

@@ -2,8 +2,13 @@
 and a verdict out (does memory, do file descriptors, tasks and latency stay flat?).
 
 Minute k holds the samples taken in (60(k-1), 60k] seconds of soak time (the first sample, at 0,
-belongs to minute 1). Minute 1 is left out of the verdict: it holds start-up, first allocations
-and calls still young. Over minutes 2..N:
+belongs to minute 1). The verdict leaves out the warm-up: minute 1 (start-up, first
+allocations), and, when the soak gives it (`warmup_s`), the time until every place's first call
+has ended (the longest call). Until then the live calls are younger than a steady population's,
+and a call's state grows as it goes until its bounded histories are full; from then on the calls
+alive are a steady population (the first calls last what is left of a call met in progress, so
+calls start and end at the steady rate throughout). At least 3 minutes are always judged. Over
+the judged minutes:
 
 - memory: the slope of a least-squares line through the RSS samples, per live call, in MB per
   call-hour. Flat below `RSS_FLAT_MB_PER_CALL_HOUR` (0.1): a twentieth of the growth this soak
@@ -12,7 +17,8 @@ and calls still young. Over minutes 2..N:
 - file descriptors and tasks: the rise of the fitted line over the window. Flat within 2 (calls
   being replaced at the moment of a sample) plus one per hundred calls replaced in the window,
   so a leak of one per call is caught at once and one per hundred calls in a long soak;
-- latency: each way, the last minute's p99 within 1.5 times minute 2's, or 5 ms above it.
+- latency: each way, the last minute's p99 within 1.5 times the first judged minute's, or 5 ms
+  above it.
 
 The RSS slope over the second half of the window is given too (not judged): memory that settles
 (a plateau reached after a few minutes) shows a slope over the window and none in its second
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +37,7 @@ __all__ = [
     "Fit",
     "MinuteLatency",
     "Sample",
+    "first_call_seconds",
     "linear_fit",
     "minute_of",
     "minute_rows",
@@ -38,6 +46,7 @@ __all__ = [
 
 MINUTE_S = 60.0
 MB = 1024 * 1024
+MIN_JUDGED_MINUTES = 3
 RSS_FLAT_MB_PER_CALL_HOUR = 0.1
 COUNT_NOISE = 2.0
 COUNT_PER_REPLACED = 0.01
@@ -71,6 +80,19 @@ class Fit:
     slope: float  # per second
     intercept: float
     stderr: float  # of the slope
+
+
+def first_call_seconds(rng: random.Random, shortest: float, longest: float) -> float:
+    """How long the first call in each of the soak's places lasts: what is left of a call met
+    in progress, for calls whose lengths are uniform over [shortest, longest] (a moment chosen
+    at random meets the longer calls more often). Calls then end at the steady rate from the
+    start, as in a bridge that has been serving for a while, instead of in one wave when the
+    first calls all reach `shortest`. Drawn by rejection: x uniform over [0, longest], kept with
+    the chance that a call outlasts x."""
+    while True:
+        left = rng.uniform(0.0, longest)
+        if left <= shortest or rng.random() * (longest - shortest) <= longest - left:
+            return left
 
 
 def minute_of(t: float) -> int:
@@ -181,11 +203,25 @@ def _latency_verdict(
     return {"first_p99": a, "last_p99": b, "limit": round(limit, 3), "flat": b <= limit}
 
 
-def verdict(samples: Sequence[Sample], latency: Mapping[int, MinuteLatency]) -> dict[str, Any]:
-    """Whether RSS, fds, tasks and latency stay flat over minutes 2..N (see the module doc).
+def first_judged_minute(warmup_s: float, last_minute: int) -> int:
+    """The first minute after the warm-up, leaving at least `MIN_JUDGED_MINUTES`; never 1."""
+    after_warmup = minute_of(max(warmup_s, MINUTE_S)) + 1
+    return max(2, min(after_warmup, last_minute - MIN_JUDGED_MINUTES + 1))
+
+
+def verdict(
+    samples: Sequence[Sample],
+    latency: Mapping[int, MinuteLatency],
+    *,
+    warmup_s: float = MINUTE_S,
+) -> dict[str, Any]:
+    """Whether RSS, fds, tasks and latency stay flat after the warm-up (see the module doc).
     `enough` is False when the window is too short to judge (a soak under 3 minutes)."""
-    window = [s for s in samples if minute_of(s.t) >= 2]
+    last_minute = minute_of(samples[-1].t) if samples else 0
+    start = first_judged_minute(warmup_s, last_minute)
+    window = [s for s in samples if minute_of(s.t) >= start]
     judged: dict[str, Any] = {
+        "warmup_s": warmup_s,
         "window_minutes": None,
         "enough": False,
         "rss": None,

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from bridge import fastws, metrics, realtime, twilio
 from bridge.call.effects import CallEnded
 from bridge.call.session import count_protocol_error
-from bridge.call.writers import OrderedWriter
+from bridge.call.writers import OrderedWriter, SendOne
 from bridge.errors import ProtocolViolation
 from bridge.record import CallRecord, EndReason
 
@@ -55,9 +55,11 @@ class CallerSocket:
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
         self.shortcuts = fastws.Shortcuts.of(websocket.scope)
+        # The writer's send closes over the WebSocket, not over this object: a bound method
+        # would make socket and writer a cycle, kept until a full collection after the call.
         self.writer = OrderedWriter(
             "caller",
-            self._send,
+            _caller_sender(websocket),
             write_now=self.shortcuts.send_now,
             stalled=lambda: CallEnded(EndReason.CALLER_DISCONNECTED, "Twilio stopped reading"),
         )
@@ -118,12 +120,6 @@ class CallerSocket:
         with contextlib.suppress(Exception):
             await ws.close(code=CLOSE_CODES.get(reason, 1011), reason=f"{reason}"[:120])
 
-    async def _send(self, text: str) -> None:
-        try:
-            await self._ws.send_text(text)
-        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
-            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"send failed: {exc!r}") from None
-
 
 class ModelSocket:
     """The Realtime socket: server events in, the model's ordered writer out."""
@@ -133,7 +129,7 @@ class ModelSocket:
         self.direct = fastws.UpstreamWriter(connection) if fastws.enabled() else None
         self.writer = OrderedWriter(
             "model",
-            self._send,
+            _model_sender(connection),  # not a bound method: see CallerSocket
             write_now=self.direct.write_now if self.direct is not None else None,
             stalled=_model_stalled,
         )
@@ -156,11 +152,25 @@ class ModelSocket:
             raise upstream_ended(exc) from None
         raise CallEnded(EndReason.UPSTREAM_CLOSED, f"code {connection.close_code}")
 
-    async def _send(self, text: str) -> None:
+
+def _caller_sender(websocket: WebSocket) -> SendOne:
+    async def send(text: str) -> None:
         try:
-            await self._connection.send(text)
+            await websocket.send_text(text)
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise CallEnded(EndReason.CALLER_DISCONNECTED, f"send failed: {exc!r}") from None
+
+    return send
+
+
+def _model_sender(connection: ClientConnection) -> SendOne:
+    async def send(text: str) -> None:
+        try:
+            await connection.send(text)
         except ConnectionClosed as exc:
             raise upstream_ended(exc) from None
+
+    return send
 
 
 def _model_stalled() -> CallEnded:

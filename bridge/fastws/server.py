@@ -99,6 +99,16 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][SEND_EXTENSION] = self.send_text_now
             scope["extensions"][HANDLER_EXTENSION] = self.set_text_handler
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The lent callables are this protocol's bound methods, kept in its own scope: a cycle
+        # that would hold the protocol and its buffers until a full collection.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            for name in (BACKLOG_EXTENSION, SEND_EXTENSION, HANDLER_EXTENSION):
+                scope["extensions"].pop(name, None)
+        self.text_handler = None
+
     def set_text_handler(self, handler: TextHandler | None) -> None:
         """Let `handler` take text messages before they are queued (None: stop)."""
         self.text_handler = handler

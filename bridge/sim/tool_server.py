@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -68,7 +68,10 @@ class ToolService:
     async def _serve(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
         body: Any = None
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the bridge let go mid-request: the call it was for ended
+            return Response(status_code=499)
         if raw:
             try:
                 body = json.loads(raw)

@@ -66,6 +66,7 @@ class ToolRunner:
             error = f"could not reach the service ({type(exc).__name__})"
             return ToolResult(False, _error_output(error), error)
         body = response.text
+        _unbind(response)
         if not response.is_success:
             error = f"HTTP {response.status_code} {response.reason_phrase}".strip()
             output = _error_output(error, body[:MAX_ERROR_BODY_CHARS])
@@ -76,6 +77,12 @@ class ToolRunner:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _unbind(response: httpx.Response) -> None:
+    """httpx binds a response and its stream to each other, a cycle that keeps the response,
+    its request and the pool's bookkeeping until a full collection; the body is read by now."""
+    response.stream = httpx.ByteStream(b"")
 
 
 def _query_value(value: Any) -> str:
