@@ -280,7 +280,8 @@ async def test_a_slow_tool_gets_a_holding_phrase_heard_within_2_s(
     assert [round(hz, -1) for _, _, hz in heard] == [700, 1000]
     (request,) = service.requests
     holding_at = caller.started_at + heard[0][0]
-    assert 1.4 < holding_at - request.at < 2.0  # the silence while the tool ran
+    # Due 1.5 s after the tool started; the service sees the request a little after that start.
+    assert 1.0 < holding_at - request.at < 2.0  # the silence while the tool ran
     holding = [e for e in sent_of(session, "response.create") if "tool_choice" in e["response"]]
     (create,) = holding
     assert create["response"]["tool_choice"] == "none"
