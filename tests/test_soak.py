@@ -8,11 +8,13 @@ import json
 import math
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bridge.bench import cli, report
+from bridge.bench.churn import END_OF_SOAK, unlinked_end
 from bridge.bench.soak import (
     MB,
     RSS_FLAT_MB_PER_CALL_HOUR,
@@ -22,6 +24,7 @@ from bridge.bench.soak import (
     linear_fit,
     minute_of,
     minute_rows,
+    saturated_minutes,
     verdict,
 )
 from bridge.call.bargein import KEEP_ITEMS, Playback
@@ -44,17 +47,21 @@ def timeline(
     start_mb: float = 130.0,
     fds_per_replaced: float = 0.0,
     every: float = 10.0,
+    cores: Callable[[float], float] = lambda t: 0.6,
 ) -> list[Sample]:
     """Samples of a 200-call soak: RSS wanders by up to 0.5 MB and grows `rss_per_s` bytes a
     second; a call ends every 1.2 s (as calls of 2 to 4 minutes do), and `fds_per_replaced`
-    descriptors leak with each."""
+    descriptors leak with each; the bridge uses `cores(t)` of CPU at soak time t."""
     samples = []
+    cpu_s = 0.0
     steps = int(minutes * 60 / every)
     for k in range(steps + 1):
         t = k * every
         wander = 0.5 * MB * math.sin(k * 1.7)  # deterministic noise
         ended = int(t / 1.2)
         fds = 620 + (k % 3) - 1 + int(fds_per_replaced * ended)
+        if k:
+            cpu_s += cores(t) * every
         samples.append(
             Sample(
                 t=t,
@@ -63,7 +70,7 @@ def timeline(
                 tasks=1410 + (k % 5) - 2,
                 live=CALLS - (k % 2),
                 ended=ended,
-                cpu_s=0.6 * t,
+                cpu_s=cpu_s,
             )
         )
     return samples
@@ -221,8 +228,41 @@ def test_minute_rows_average_samples_and_count_replaced_calls() -> None:
     assert rows[2]["caller_to_model_ms"] == {"p50": 1.0, "p99": 3.0}
 
 
-def _report(judged: dict[str, object], minutes: int = 10) -> dict[str, object]:
-    samples = timeline(minutes=minutes)
+def test_minutes_with_the_loop_flat_out_are_called_saturated() -> None:
+    def busy(t: float) -> float:  # 0.95 of a core in minutes 3 to 5 and 8, else 0.6
+        return 0.95 if minute_of(t) in (3, 4, 5, 8) else 0.6
+
+    rows = minute_rows(timeline(cores=busy), latency())
+    assert saturated_minutes(rows) == [3, 4, 5, 8]
+    assert saturated_minutes(rows, loops=2) == []  # two loops can use two cores
+    assert saturated_minutes(minute_rows(timeline(), latency())) == []
+
+
+def test_the_table_says_when_the_soak_measured_the_machine_not_the_bridge() -> None:
+    judged = verdict(timeline(), latency())
+    calm = _report(judged)
+    assert "SATURATED" not in report.soak_table(calm)
+
+    def busy(t: float) -> float:  # flat out but for minute 6
+        return 0.8 if minute_of(t) == 6 else 0.95
+
+    flat_out = _report(judged, samples=timeline(cores=busy))
+    flat_out["saturated_minutes"] = saturated_minutes(flat_out["minutes"])  # type: ignore[arg-type]
+    text = report.soak_table(flat_out)
+    assert "SATURATED in 9 of 10 minutes (1..5, 7..10)" in text
+    assert "its event loop was busy" in text
+
+
+def test_a_call_placed_as_the_soak_ends_is_not_a_call_that_never_reached_the_model() -> None:
+    assert unlinked_end(END_OF_SOAK, lived_s=0.4).startswith("placed in the soak's last seconds")
+    assert unlinked_end(END_OF_SOAK, lived_s=30.0) == "never reached the model"
+    assert unlinked_end("hung up", lived_s=0.4) == "never reached the model"
+
+
+def _report(
+    judged: dict[str, object], minutes: int = 10, samples: list[Sample] | None = None
+) -> dict[str, object]:
+    samples = samples if samples is not None else timeline(minutes=minutes)
     return {
         "config": {
             "calls": CALLS,

@@ -47,6 +47,7 @@ from bridge.bench.soak import (
     first_call_seconds,
     minute_of,
     minute_rows,
+    saturated_minutes,
     verdict,
 )
 from bridge.sim.tool_server import ToolService
@@ -56,6 +57,10 @@ __all__ = ["SoakOptions", "run"]
 RETRY_PLACE_S = 1.0  # a call that could not be placed is tried again this much later
 AFTER_LOSS_S = 5.0  # a call whose model session was cut is hung up this much later
 WATCH_S = 1.0  # how often a call is checked for a cut model session
+# The preamble ends 0.86 s into the stream (signature.py); with the webhook, the connections and
+# a busy loop, a call younger than this may not have been tied to its model session yet.
+PREAMBLE_S = 3.0
+END_OF_SOAK = "hung up at the end of the soak"
 # The tool the model calls (bridge.bench.model.TOOL_NAME), served by the generator.
 NUMBERS = """
 [profiles.default]
@@ -77,6 +82,14 @@ class SoakOptions:
     sample_seconds: float = 10.0
     drop_every: float | None = None  # model side: abort each connection after about this long
     tool_every: int = 4  # model side: every Nth answer also calls a tool (0: never)
+
+
+def unlinked_end(why: str, lived_s: float) -> str:
+    """How a call the model side never tied to it ended: a failure, unless the soak's end hung it
+    up before its preamble could have been heard (placed in the last seconds)."""
+    if why == END_OF_SOAK and lived_s < PREAMBLE_S:
+        return "placed in the soak's last seconds (ended before reaching the model)"
+    return "never reached the model"
 
 
 class _Soak:
@@ -171,9 +184,10 @@ class _Soak:
                 length = self._rng.uniform(shortest, longest)
             # Past the end by a little: the last sample sees every call still up.
             deadline = min(loop.time() + length, self.end_at + 0.5)
+            placed_at = loop.time()
             why = await self._hold(caller, deadline)
             if not caller.probe.linked:
-                why = "never reached the model"
+                why = unlinked_end(why, loop.time() - placed_at)
             if loop.time() <= self.end_at:
                 self.ended += 1  # replaced: counted while the soak runs
             self.ends[why] += 1
@@ -195,7 +209,7 @@ class _Soak:
         await asyncio.wait({caller.closed}, timeout=HANGUP_TIMEOUT)
         if lost:
             return "hung up after its model session was cut"
-        return "hung up at the end of the soak" if loop.time() > self.end_at else "hung up"
+        return END_OF_SOAK if loop.time() > self.end_at else "hung up"
 
     async def _close(self, caller: Caller, call_id: int | None) -> None:
         """The call is over: its socket gone for good, its id free again (last in line)."""
@@ -385,6 +399,7 @@ def _report(
 ) -> dict[str, Any]:
     metrics = runner.metrics
     failures = dict(runner.dialer.failures)
+    minutes = minute_rows(runner.samples, runner.latency)
     return {
         "benchmark": "bridge soak",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -430,7 +445,9 @@ def _report(
             "rejected_events": metrics.rejected_events,
         },
         "samples": [dataclasses.asdict(sample) for sample in runner.samples],
-        "minutes": minute_rows(runner.samples, runner.latency),
+        "minutes": minutes,
+        # Minutes the bridge's loops ran flat out: the machine's limit, not the bridge's trend.
+        "saturated_minutes": saturated_minutes(minutes, options.workers),
         # Judged once every place's first call has ended: a steady population (soak.py).
         "verdict": verdict(runner.samples, runner.latency, warmup_s=max(soak.call_seconds)),
     }

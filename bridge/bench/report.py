@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.bench.soak import SATURATED_CORES
+
 __all__ = ["chart", "soak_chart", "soak_table", "table", "write_json"]
 
 Level = dict[str, Any]
-SATURATED_CORES = 0.85  # per event loop, and a loop uses one core at most
 
 
 def _ms(value: float | None) -> str:
@@ -326,7 +327,29 @@ def soak_table(report: dict[str, Any]) -> str:
     if any(row["tasks"] is None for row in report["minutes"]):
         lines.append("tasks: not reported (a bridge at --url does not write its task count)")
     lines += _verdict_lines(report["verdict"])
+    saturated = report.get("saturated_minutes") or []
+    if saturated:
+        loops = report["config"].get("workers") or 1
+        busy = "its event loop" if loops == 1 else f"its {loops} event loops"
+        lines.append(
+            f"SATURATED in {len(saturated)} of {len(report['minutes'])} minutes "
+            f"({_minute_runs(saturated)}): the bridge used {SATURATED_CORES:g} of a core or more "
+            f"per loop, so {busy} was busy nearly all the time and audio queued behind it. The "
+            "latency and memory above are this machine's limit for this mix, not the bridge "
+            "with headroom: fewer --calls (or --workers) measure that."
+        )
     return "\n".join(lines)
+
+
+def _minute_runs(minutes: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> "1..3, 5, 7..8"."""
+    runs: list[list[int]] = []
+    for minute in minutes:
+        if runs and minute == runs[-1][1] + 1:
+            runs[-1][1] = minute
+        else:
+            runs.append([minute, minute])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
 def soak_chart(report: dict[str, Any], path: str | Path) -> bool:

@@ -52,6 +52,7 @@ COUNT_NOISE = 2.0
 COUNT_PER_REPLACED = 0.01
 LATENCY_RATIO = 1.5
 LATENCY_SLACK_MS = 5.0
+SATURATED_CORES = 0.85  # of a core per event loop, and a loop uses one core at most
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +174,18 @@ def minute_rows(
         )
         before = last
     return rows
+
+
+def saturated_minutes(rows: Sequence[Mapping[str, Any]], loops: int = 1) -> list[int]:
+    """The minutes (of `minute_rows`) in which the bridge's CPU reached `SATURATED_CORES` per
+    event loop. Its loop was then busy nearly all the time: audio waited behind it, so what the
+    soak saw is the machine's limit for this mix (latency as queueing, memory as what the queues
+    held at their longest), not how the bridge behaves with headroom."""
+    return [
+        row["minute"]
+        for row in rows
+        if row["cpu_cores"] is not None and row["cpu_cores"] >= SATURATED_CORES * loops
+    ]
 
 
 def _count_verdict(window: Sequence[Sample], values: list[float | None]) -> dict[str, Any] | None:
