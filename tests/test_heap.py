@@ -6,21 +6,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import platform
-from pathlib import Path
 
 import pytest
 
 from bridge import heap
+from bridge.bench import proc
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    sample = proc.sample_process(os.getpid())
+    assert sample is not None
+    return sample.rss / (1024 * 1024)
 
 
 def test_start_up_objects_are_frozen_out_of_the_collectors_walks() -> None:

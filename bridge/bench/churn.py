@@ -183,11 +183,11 @@ class _Soak:
             else:
                 length = self._rng.uniform(shortest, longest)
             # Past the end by a little: the last sample sees every call still up.
-            deadline = min(loop.time() + length, self.end_at + 0.5)
-            placed_at = loop.time()
+            opened_at = loop.time()
+            deadline = min(opened_at + length, self.end_at + 0.5)
             why = await self._hold(caller, deadline)
             if not caller.probe.linked:
-                why = unlinked_end(why, loop.time() - placed_at)
+                why = unlinked_end(why, loop.time() - opened_at)
             if loop.time() <= self.end_at:
                 self.ended += 1  # replaced: counted while the soak runs
             self.ends[why] += 1

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.bench.soak import SATURATED_CORES
+from bridge.bench.soak import SATURATED_CORES, saturated
 
 __all__ = ["chart", "soak_chart", "soak_table", "table", "write_json"]
 
@@ -129,7 +129,7 @@ def table(report: dict[str, Any]) -> str:
             reasons = ", ".join(f"{k}: {n}" for k, n in level["calls"]["failures"].items())
             lines.append(f"level {level['level']}: failed calls: {reasons}")
         cores = level["bridge"]["cpu_cores"]
-        if cores is not None and cores >= SATURATED_CORES * loops:
+        if saturated(cores, loops):
             can_use = f"the {loops} cores its loops" if loops > 1 else "the one core its event loop"
             lines.append(
                 f"level {level['level']}: the bridge is SATURATED ({cores:.2f} of {can_use} "

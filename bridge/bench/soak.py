@@ -176,16 +176,18 @@ def minute_rows(
     return rows
 
 
+def saturated(cores: float | None, loops: int = 1) -> bool:
+    """Whether a bridge with `loops` event loops that used `cores` of CPU ran them flat out (the
+    rule of both the capacity report and the soak)."""
+    return cores is not None and cores >= SATURATED_CORES * loops
+
+
 def saturated_minutes(rows: Sequence[Mapping[str, Any]], loops: int = 1) -> list[int]:
-    """The minutes (of `minute_rows`) in which the bridge's CPU reached `SATURATED_CORES` per
-    event loop. Its loop was then busy nearly all the time: audio waited behind it, so what the
-    soak saw is the machine's limit for this mix (latency as queueing, memory as what the queues
-    held at their longest), not how the bridge behaves with headroom."""
-    return [
-        row["minute"]
-        for row in rows
-        if row["cpu_cores"] is not None and row["cpu_cores"] >= SATURATED_CORES * loops
-    ]
+    """The minutes (of `minute_rows`) in which the bridge was `saturated`. Its loop was then busy
+    nearly all the time: audio waited behind it, so what the soak saw is the machine's limit for
+    this mix (latency as queueing, memory as what the queues held at their longest), not how the
+    bridge behaves with headroom."""
+    return [row["minute"] for row in rows if saturated(row["cpu_cores"], loops)]
 
 
 def _count_verdict(window: Sequence[Sample], values: list[float | None]) -> dict[str, Any] | None:
